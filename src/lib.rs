@@ -1,0 +1,12 @@
+//! shardmq: a thread-per-core MQTT 3.1 / 3.1.1 / 5.0 broker.
+//!
+//! The architecture (see `DESIGN.md` in the project's shared notes and the README):
+//!
+//! - [`protocol`]: the codec and protocol rules. No I/O, no clock: bytes and `now` in,
+//!   packets, bytes and deadlines out.
+//!
+//! Later layers (shards, mesh rings, routes, transports, store, cluster) build on it.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod protocol;
