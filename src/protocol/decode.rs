@@ -234,8 +234,10 @@ fn connect(r: &mut Reader) -> Result<Connect, Error> {
 
 fn conn_ack(r: &mut Reader, version: Version) -> Result<ConnAck, Error> {
     let flags = r.u8()?;
+    // In 3.1 the whole byte is reserved and unused; Session Present arrived with 3.1.1.
+    let flags = if version == Version::V3_1 { 0 } else { flags };
     if flags & 0xfe != 0 {
-        return Err(Error::malformed("§3.2.2.1", "CONNACK reserved flag bits set"));
+        return Err(Error::malformed("MQTT-3.2.2-1", "CONNACK reserved flag bits set"));
     }
     let code = r.u8()?;
     let reason = if version.is_v5() {

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The one test command (README, .ci/run): formatting, lints, every test, a fuzz smoke run.
+# Installs what it needs on a fresh machine first. Options:
+#   --quick      skip the fuzz smoke run
+#   FUZZ_SECONDS (env, default 30): how long the fuzz smoke run lasts
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    *) echo "scripts/test.sh: unknown option '$arg' (known: --quick)" >&2; exit 2 ;;
+  esac
+done
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast
+  # nextest does not run doctests.
+  cargo test --locked --doc
+else
+  cargo test --locked
+fi
+
+if [ "$quick" = 1 ]; then
+  echo "(fuzz smoke run skipped: --quick)"
+  exit 0
+fi
+
+step "fuzz smoke run (${FUZZ_SECONDS:-30}s per target)"
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  echo "no nightly toolchain on this machine: fuzz smoke run skipped (cargo-fuzz needs nightly)"
+  exit 0
+fi
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  cargo install --locked cargo-fuzz
+fi
+for target in $(cd fuzz && cargo +nightly fuzz list); do
+  mkdir -p "fuzz/corpus/$target"
+  # Committed seeds (valid and malformed packets) start the corpus.
+  if [ -d "fuzz/seeds/$target" ]; then cp -n "fuzz/seeds/$target"/* "fuzz/corpus/$target/" 2>/dev/null || true; fi
+  (cd fuzz && cargo +nightly fuzz run "$target" -- \
+      -max_total_time="${FUZZ_SECONDS:-30}" -print_final_stats=0 2>&1 | grep -E '^(Done|SUMMARY|==)|panicked' || true)
+  # libFuzzer exits non-zero and writes an artifact on a crash.
+  if ls "fuzz/artifacts/$target"/crash-* >/dev/null 2>&1; then
+    echo "fuzz target $target crashed; reproduce with: cd fuzz && cargo +nightly fuzz run $target fuzz/artifacts/$target/<file>" >&2
+    exit 1
+  fi
+done
+echo "fuzz smoke run: no crash"
