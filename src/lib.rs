@@ -2,6 +2,8 @@
 //!
 //! The architecture (see `DESIGN.md` in the project's shared notes and the README):
 //!
+//! - [`config`], [`cli`]: the TOML config with every bound in one `Limits` struct, and the
+//!   flags that override it.
 //! - [`protocol`]: the codec and protocol rules. No I/O, no clock: bytes and `now` in,
 //!   packets, bytes and deadlines out.
 //!
@@ -9,4 +11,11 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod cli;
+pub mod config;
 pub mod protocol;
+
+/// The README's examples are compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -29,8 +29,14 @@ use super::topic::{self, TopicFilter, TopicName};
 /// and is decoded the same way in all three). `max_packet_size` bounds the whole frame;
 /// `u32::MAX` means no limit beyond the protocol's.
 #[inline]
-pub fn decode(buf: &mut BytesMut, version: Version, max_packet_size: u32) -> Result<Option<Packet>, Error> {
-    let Some(h) = header::parse(buf, version, max_packet_size)? else { return Ok(None) };
+pub fn decode(
+    buf: &mut BytesMut,
+    version: Version,
+    max_packet_size: u32,
+) -> Result<Option<Packet>, Error> {
+    let Some(h) = header::parse(buf, version, max_packet_size)? else {
+        return Ok(None);
+    };
     let len = h.frame_len();
     if buf.len() < len {
         return Ok(None);
@@ -60,7 +66,8 @@ pub fn decode_body(h: FixedHeader, body: Bytes, version: Version) -> Result<Pack
         PacketType::Unsubscribe => Packet::Unsubscribe(unsubscribe(&mut r, version)?),
         PacketType::UnsubAck => Packet::UnsubAck(unsub_ack(&mut r, version)?),
         PacketType::Disconnect => {
-            let (reason, properties) = reason_and_properties(&mut r, version, PacketType::Disconnect)?;
+            let (reason, properties) =
+                reason_and_properties(&mut r, version, PacketType::Disconnect)?;
             Packet::Disconnect(Disconnect { reason, properties })
         }
         PacketType::Auth => {
@@ -77,9 +84,10 @@ pub fn decode_body(h: FixedHeader, body: Bytes, version: Version) -> Result<Pack
 #[cold]
 fn trailing(t: PacketType) -> Error {
     match t {
-        PacketType::PingReq | PacketType::PingResp => {
-            Error::malformed("§3.12.1", "PINGREQ / PINGRESP with a non-zero remaining length")
-        }
+        PacketType::PingReq | PacketType::PingResp => Error::malformed(
+            "§3.12.1",
+            "PINGREQ / PINGRESP with a non-zero remaining length",
+        ),
         _ => Error::malformed("§2.1.4", "bytes left over after the end of the packet"),
     }
 }
@@ -96,7 +104,11 @@ fn packet_id(r: &mut Reader) -> Result<u16, Error> {
 
 #[inline]
 fn properties(r: &mut Reader, version: Version, t: PacketType) -> Result<Properties, Error> {
-    if version.is_v5() { Properties::decode(r, PropertyContext::Packet(t)) } else { Ok(Properties::new()) }
+    if version.is_v5() {
+        Properties::decode(r, PropertyContext::Packet(t))
+    } else {
+        Ok(Properties::new())
+    }
 }
 
 #[inline]
@@ -106,7 +118,11 @@ fn publish(flags: u8, r: &mut Reader, version: Version) -> Result<Publish, Error
         None => unreachable!("QoS 3 is refused by the first-byte table"),
     };
     let topic = r.binary()?;
-    let packet_id = if qos == QoS::AtMostOnce { 0 } else { packet_id(r)? };
+    let packet_id = if qos == QoS::AtMostOnce {
+        0
+    } else {
+        packet_id(r)?
+    };
     let properties = properties(r, version, PacketType::Publish)?;
     if topic.is_empty() {
         if !version.is_v5() {
@@ -117,7 +133,10 @@ fn publish(flags: u8, r: &mut Reader, version: Version) -> Result<Publish, Error
             ));
         }
         if properties.topic_alias.is_none() {
-            return Err(Error::protocol("§3.3.2.1", "empty topic name and no topic alias"));
+            return Err(Error::protocol(
+                "§3.3.2.1",
+                "empty topic name and no topic alias",
+            ));
         }
     } else {
         topic::validate_topic_name(&topic)?;
@@ -139,7 +158,11 @@ fn publish(flags: u8, r: &mut Reader, version: Version) -> Result<Publish, Error
 fn pub_ack(t: PacketType, r: &mut Reader, version: Version) -> Result<PubAck, Error> {
     let packet_id = packet_id(r)?;
     let (reason, properties) = reason_and_properties(r, version, t)?;
-    Ok(PubAck { packet_id, reason, properties })
+    Ok(PubAck {
+        packet_id,
+        reason,
+        properties,
+    })
 }
 
 /// The 5.0 tail shared by acknowledgements, DISCONNECT and AUTH: nothing (success, no
@@ -153,15 +176,21 @@ fn reason_and_properties(
         return Ok((ReasonCode::SUCCESS, Properties::new()));
     }
     let reason = reason_code(r, t)?;
-    let properties =
-        if r.is_empty() { Properties::new() } else { Properties::decode(r, PropertyContext::Packet(t))? };
+    let properties = if r.is_empty() {
+        Properties::new()
+    } else {
+        Properties::decode(r, PropertyContext::Packet(t))?
+    };
     Ok((reason, properties))
 }
 
 fn reason_code(r: &mut Reader, t: PacketType) -> Result<ReasonCode, Error> {
     let reason = ReasonCode(r.u8()?);
     if !reason.valid_in(t) {
-        return Err(Error::malformed("§2.4", "reason code not valid for this packet"));
+        return Err(Error::malformed(
+            "§2.4",
+            "reason code not valid for this packet",
+        ));
     }
     Ok(reason)
 }
@@ -190,7 +219,10 @@ fn connect(r: &mut Reader) -> Result<Connect, Error> {
     };
     let flags = r.u8()?;
     if flags & 0x01 != 0 {
-        return Err(Error::malformed("MQTT-3.1.2-3", "CONNECT reserved flag bit set"));
+        return Err(Error::malformed(
+            "MQTT-3.1.2-3",
+            "CONNECT reserved flag bit set",
+        ));
     }
     let clean_start = flags & 0x02 != 0;
     let will_flag = flags & 0x04 != 0;
@@ -199,16 +231,25 @@ fn connect(r: &mut Reader) -> Result<Connect, Error> {
     let password_flag = flags & 0x40 != 0;
     let username_flag = flags & 0x80 != 0;
     if !will_flag && will_qos != 0 {
-        return Err(Error::malformed("MQTT-3.1.2-11", "will QoS set without the will flag"));
+        return Err(Error::malformed(
+            "MQTT-3.1.2-11",
+            "will QoS set without the will flag",
+        ));
     }
     if !will_flag && will_retain {
-        return Err(Error::malformed("MQTT-3.1.2-13", "will retain set without the will flag"));
+        return Err(Error::malformed(
+            "MQTT-3.1.2-13",
+            "will retain set without the will flag",
+        ));
     }
     let Some(will_qos) = QoS::from_u8(will_qos) else {
         return Err(Error::malformed("MQTT-3.1.2-12", "will QoS 3"));
     };
     if version == Version::V3_1_1 && password_flag && !username_flag {
-        return Err(Error::malformed("3.1.1 MQTT-3.1.2-22", "password flag set without user name flag"));
+        return Err(Error::malformed(
+            "3.1.1 MQTT-3.1.2-22",
+            "password flag set without user name flag",
+        ));
     }
     let keep_alive = r.u16()?;
     let properties = properties(r, version, PacketType::Connect)?;
@@ -223,13 +264,36 @@ fn connect(r: &mut Reader) -> Result<Connect, Error> {
         topic::validate_topic_name(&topic)
             .map_err(|e| Error::with_reason(e.rule, e.what, ReasonCode::TOPIC_NAME_INVALID))?;
         let payload = r.binary()?;
-        Some(Will { topic: TopicName::new_unchecked(topic), payload, qos: will_qos, retain: will_retain, properties })
+        Some(Will {
+            topic: TopicName::new_unchecked(topic),
+            payload,
+            qos: will_qos,
+            retain: will_retain,
+            properties,
+        })
     } else {
         None
     };
-    let username = if username_flag { Some(r.string()?) } else { None };
-    let password = if password_flag { Some(r.binary()?) } else { None };
-    Ok(Connect { version, clean_start, keep_alive, client_id, will, username, password, properties })
+    let username = if username_flag {
+        Some(r.string()?)
+    } else {
+        None
+    };
+    let password = if password_flag {
+        Some(r.binary()?)
+    } else {
+        None
+    };
+    Ok(Connect {
+        version,
+        clean_start,
+        keep_alive,
+        client_id,
+        will,
+        username,
+        password,
+        properties,
+    })
 }
 
 fn conn_ack(r: &mut Reader, version: Version) -> Result<ConnAck, Error> {
@@ -237,25 +301,40 @@ fn conn_ack(r: &mut Reader, version: Version) -> Result<ConnAck, Error> {
     // In 3.1 the whole byte is reserved and unused; Session Present arrived with 3.1.1.
     let flags = if version == Version::V3_1 { 0 } else { flags };
     if flags & 0xfe != 0 {
-        return Err(Error::malformed("MQTT-3.2.2-1", "CONNACK reserved flag bits set"));
+        return Err(Error::malformed(
+            "MQTT-3.2.2-1",
+            "CONNACK reserved flag bits set",
+        ));
     }
     let code = r.u8()?;
     let reason = if version.is_v5() {
         let rc = ReasonCode(code);
         if !rc.valid_in(PacketType::ConnAck) {
-            return Err(Error::malformed("§3.2.2.2", "reason code not valid for CONNACK"));
+            return Err(Error::malformed(
+                "§3.2.2.2",
+                "reason code not valid for CONNACK",
+            ));
         }
         rc
     } else {
-        ReasonCode::from_v3_connack(code)
-            .ok_or(Error::malformed("3.1.1 §3.2.2.3", "reserved CONNACK return code"))?
+        ReasonCode::from_v3_connack(code).ok_or(Error::malformed(
+            "3.1.1 §3.2.2.3",
+            "reserved CONNACK return code",
+        ))?
     };
     let session_present = flags & 1 != 0;
     if session_present && reason != ReasonCode::SUCCESS {
-        return Err(Error::protocol("MQTT-3.2.2-6", "session present with a refusing CONNACK"));
+        return Err(Error::protocol(
+            "MQTT-3.2.2-6",
+            "session present with a refusing CONNACK",
+        ));
     }
     let properties = properties(r, version, PacketType::ConnAck)?;
-    Ok(ConnAck { session_present, reason, properties })
+    Ok(ConnAck {
+        session_present,
+        reason,
+        properties,
+    })
 }
 
 fn subscribe(r: &mut Reader, version: Version) -> Result<Subscribe, Error> {
@@ -267,12 +346,19 @@ fn subscribe(r: &mut Reader, version: Version) -> Result<Subscribe, Error> {
         topic::validate_topic_filter(&filter)?;
         let o = r.u8()?;
         let Some(qos) = QoS::from_u8(o & 0x03) else {
-            let rule = if version.is_v5() { "§3.8.3.1" } else { "3.1.1 MQTT-3-8.3-4" };
+            let rule = if version.is_v5() {
+                "§3.8.3.1"
+            } else {
+                "3.1.1 MQTT-3-8.3-4"
+            };
             return Err(Error::malformed(rule, "subscription QoS 3"));
         };
         let options = if version.is_v5() {
             if o & 0xc0 != 0 {
-                return Err(Error::malformed("MQTT-3.8.3-5", "reserved subscription option bits set"));
+                return Err(Error::malformed(
+                    "MQTT-3.8.3-5",
+                    "reserved subscription option bits set",
+                ));
             }
             let retain_handling = match (o >> 4) & 0x03 {
                 0 => RetainHandling::SendAtSubscribe,
@@ -282,21 +368,39 @@ fn subscribe(r: &mut Reader, version: Version) -> Result<Subscribe, Error> {
             };
             let no_local = o & 0x04 != 0;
             if no_local && topic::parse_shared(&filter).is_some() {
-                return Err(Error::protocol("MQTT-3.8.3-4", "no local on a shared subscription"));
+                return Err(Error::protocol(
+                    "MQTT-3.8.3-4",
+                    "no local on a shared subscription",
+                ));
             }
-            SubscriptionOptions { qos, no_local, retain_as_published: o & 0x08 != 0, retain_handling }
+            SubscriptionOptions {
+                qos,
+                no_local,
+                retain_as_published: o & 0x08 != 0,
+                retain_handling,
+            }
         } else {
             if o & 0xfc != 0 {
-                return Err(Error::malformed("3.1.1 MQTT-3-8.3-4", "reserved requested-QoS bits set"));
+                return Err(Error::malformed(
+                    "3.1.1 MQTT-3-8.3-4",
+                    "reserved requested-QoS bits set",
+                ));
             }
             SubscriptionOptions::qos(qos)
         };
         filters.push((TopicFilter::new_unchecked(filter), options));
     }
     if filters.is_empty() {
-        return Err(Error::protocol("MQTT-3.8.3-2", "SUBSCRIBE with no topic filter"));
+        return Err(Error::protocol(
+            "MQTT-3.8.3-2",
+            "SUBSCRIBE with no topic filter",
+        ));
     }
-    Ok(Subscribe { packet_id, filters, properties })
+    Ok(Subscribe {
+        packet_id,
+        filters,
+        properties,
+    })
 }
 
 fn sub_ack(r: &mut Reader, version: Version) -> Result<SubAck, Error> {
@@ -315,7 +419,11 @@ fn sub_ack(r: &mut Reader, version: Version) -> Result<SubAck, Error> {
         }
         reasons.push(ReasonCode(code));
     }
-    Ok(SubAck { packet_id, reasons, properties })
+    Ok(SubAck {
+        packet_id,
+        reasons,
+        properties,
+    })
 }
 
 fn unsubscribe(r: &mut Reader, version: Version) -> Result<Unsubscribe, Error> {
@@ -328,9 +436,16 @@ fn unsubscribe(r: &mut Reader, version: Version) -> Result<Unsubscribe, Error> {
         filters.push(TopicFilter::new_unchecked(filter));
     }
     if filters.is_empty() {
-        return Err(Error::protocol("MQTT-3.10.3-2", "UNSUBSCRIBE with no topic filter"));
+        return Err(Error::protocol(
+            "MQTT-3.10.3-2",
+            "UNSUBSCRIBE with no topic filter",
+        ));
     }
-    Ok(Unsubscribe { packet_id, filters, properties })
+    Ok(Unsubscribe {
+        packet_id,
+        filters,
+        properties,
+    })
 }
 
 fn unsub_ack(r: &mut Reader, version: Version) -> Result<UnsubAck, Error> {
@@ -343,5 +458,9 @@ fn unsub_ack(r: &mut Reader, version: Version) -> Result<UnsubAck, Error> {
             reasons.push(reason_code(r, PacketType::UnsubAck)?);
         }
     }
-    Ok(UnsubAck { packet_id, reasons, properties })
+    Ok(UnsubAck {
+        packet_id,
+        reasons,
+        properties,
+    })
 }

@@ -39,11 +39,19 @@ fn props_len(p: &Properties, version: Version, ctx: PropertyContext) -> Result<B
     if content > varint::MAX as usize {
         return Err(EncodeError::PacketTooLarge);
     }
-    Ok(Block { total: varint::len(content as u32) + content, content })
+    Ok(Block {
+        total: varint::len(content as u32) + content,
+        content,
+    })
 }
 
 #[inline]
-fn write_props(out: &mut BytesMut, p: &Properties, version: Version, block: Block) -> Result<(), EncodeError> {
+fn write_props(
+    out: &mut BytesMut,
+    p: &Properties,
+    version: Version,
+    block: Block,
+) -> Result<(), EncodeError> {
     if version.is_v5() {
         p.encode(block.content, out)?;
     }
@@ -63,7 +71,11 @@ fn fixed_header(out: &mut BytesMut, byte0: u8, body: usize) -> Result<(), Encode
 
 #[inline]
 fn nonzero(id: u16) -> Result<u16, EncodeError> {
-    if id == 0 { Err(EncodeError::ZeroPacketId) } else { Ok(id) }
+    if id == 0 {
+        Err(EncodeError::ZeroPacketId)
+    } else {
+        Ok(id)
+    }
 }
 
 impl Publish {
@@ -74,9 +86,16 @@ impl Publish {
     }
 
     fn body_len(&self, version: Version) -> Result<(usize, Block), EncodeError> {
-        let props = props_len(&self.properties, version, PropertyContext::Packet(PacketType::Publish))?;
+        let props = props_len(
+            &self.properties,
+            version,
+            PropertyContext::Packet(PacketType::Publish),
+        )?;
         let id = if self.qos == QoS::AtMostOnce { 0 } else { 2 };
-        Ok((2 + self.topic.len() + id + props.total + self.payload.len(), props))
+        Ok((
+            2 + self.topic.len() + id + props.total + self.payload.len(),
+            props,
+        ))
     }
 
     /// The size of the whole encoded frame.
@@ -105,7 +124,12 @@ impl Publish {
 
 /// The 5.0 tail of acknowledgements, DISCONNECT and AUTH: omitted entirely when the reason is
 /// success and there are no properties; the reason alone when there are no properties.
-fn tail_len(reason: ReasonCode, p: &Properties, version: Version, t: PacketType) -> Result<(usize, Block), EncodeError> {
+fn tail_len(
+    reason: ReasonCode,
+    p: &Properties,
+    version: Version,
+    t: PacketType,
+) -> Result<(usize, Block), EncodeError> {
     if !version.is_v5() {
         return Ok((0, Block::default()));
     }
@@ -116,7 +140,13 @@ fn tail_len(reason: ReasonCode, p: &Properties, version: Version, t: PacketType)
     Ok((1 + props.total, props))
 }
 
-fn write_tail(out: &mut BytesMut, reason: ReasonCode, p: &Properties, version: Version, tail: (usize, Block)) -> Result<(), EncodeError> {
+fn write_tail(
+    out: &mut BytesMut,
+    reason: ReasonCode,
+    p: &Properties,
+    version: Version,
+    tail: (usize, Block),
+) -> Result<(), EncodeError> {
     if tail.0 > 0 {
         out.put_u8(reason.0);
     }
@@ -126,7 +156,13 @@ fn write_tail(out: &mut BytesMut, reason: ReasonCode, p: &Properties, version: V
     Ok(())
 }
 
-fn pub_ack(a: &PubAck, byte0: u8, t: PacketType, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {
+fn pub_ack(
+    a: &PubAck,
+    byte0: u8,
+    t: PacketType,
+    version: Version,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let tail = tail_len(a.reason, &a.properties, version, t)?;
     fixed_header(out, byte0, 2 + tail.0)?;
     out.put_u16(nonzero(a.packet_id)?);
@@ -136,7 +172,11 @@ fn pub_ack(a: &PubAck, byte0: u8, t: PacketType, version: Version, out: &mut Byt
 fn connect(c: &Connect, out: &mut BytesMut) -> Result<(), EncodeError> {
     let version = c.version;
     let name = version.protocol_name();
-    let props = props_len(&c.properties, version, PropertyContext::Packet(PacketType::Connect))?;
+    let props = props_len(
+        &c.properties,
+        version,
+        PropertyContext::Packet(PacketType::Connect),
+    )?;
     let mut body = 2 + name.len() + 1 + 1 + 2 + props.total + 2 + c.client_id.len();
     let mut flags = (c.clean_start as u8) << 1;
     let mut will_props = Block::default();
@@ -175,16 +215,28 @@ fn connect(c: &Connect, out: &mut BytesMut) -> Result<(), EncodeError> {
 }
 
 fn conn_ack(a: &ConnAck, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {
-    let props = props_len(&a.properties, version, PropertyContext::Packet(PacketType::ConnAck))?;
+    let props = props_len(
+        &a.properties,
+        version,
+        PropertyContext::Packet(PacketType::ConnAck),
+    )?;
     fixed_header(out, 0x20, 2 + props.total)?;
     // 3.1 has no Session Present flag: the byte is reserved.
     out.put_u8((a.session_present && version != Version::V3_1) as u8);
-    out.put_u8(if version.is_v5() { a.reason.0 } else { a.reason.to_v3_connack() });
+    out.put_u8(if version.is_v5() {
+        a.reason.0
+    } else {
+        a.reason.to_v3_connack()
+    });
     write_props(out, &a.properties, version, props)
 }
 
 fn subscribe(s: &Subscribe, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {
-    let props = props_len(&s.properties, version, PropertyContext::Packet(PacketType::Subscribe))?;
+    let props = props_len(
+        &s.properties,
+        version,
+        PropertyContext::Packet(PacketType::Subscribe),
+    )?;
     let body = 2 + props.total + s.filters.iter().map(|(f, _)| 3 + f.len()).sum::<usize>();
     fixed_header(out, 0x82, body)?;
     out.put_u16(nonzero(s.packet_id)?);
@@ -203,18 +255,30 @@ fn subscribe(s: &Subscribe, version: Version, out: &mut BytesMut) -> Result<(), 
 }
 
 fn sub_ack(s: &SubAck, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {
-    let props = props_len(&s.properties, version, PropertyContext::Packet(PacketType::SubAck))?;
+    let props = props_len(
+        &s.properties,
+        version,
+        PropertyContext::Packet(PacketType::SubAck),
+    )?;
     fixed_header(out, 0x90, 2 + props.total + s.reasons.len())?;
     out.put_u16(nonzero(s.packet_id)?);
     write_props(out, &s.properties, version, props)?;
     for r in &s.reasons {
-        out.put_u8(if version.is_v5() { r.0 } else { r.to_v3_suback() });
+        out.put_u8(if version.is_v5() {
+            r.0
+        } else {
+            r.to_v3_suback()
+        });
     }
     Ok(())
 }
 
 fn unsubscribe(u: &Unsubscribe, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {
-    let props = props_len(&u.properties, version, PropertyContext::Packet(PacketType::Unsubscribe))?;
+    let props = props_len(
+        &u.properties,
+        version,
+        PropertyContext::Packet(PacketType::Unsubscribe),
+    )?;
     let body = 2 + props.total + u.filters.iter().map(|f| 2 + f.len()).sum::<usize>();
     fixed_header(out, 0xa2, body)?;
     out.put_u16(nonzero(u.packet_id)?);
@@ -226,7 +290,11 @@ fn unsubscribe(u: &Unsubscribe, version: Version, out: &mut BytesMut) -> Result<
 }
 
 fn unsub_ack(u: &UnsubAck, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {
-    let props = props_len(&u.properties, version, PropertyContext::Packet(PacketType::UnsubAck))?;
+    let props = props_len(
+        &u.properties,
+        version,
+        PropertyContext::Packet(PacketType::UnsubAck),
+    )?;
     let codes = if version.is_v5() { u.reasons.len() } else { 0 };
     fixed_header(out, 0xb0, 2 + props.total + codes)?;
     out.put_u16(nonzero(u.packet_id)?);
@@ -239,7 +307,14 @@ fn unsub_ack(u: &UnsubAck, version: Version, out: &mut BytesMut) -> Result<(), E
     Ok(())
 }
 
-fn reason_only(byte0: u8, t: PacketType, reason: ReasonCode, p: &Properties, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {
+fn reason_only(
+    byte0: u8,
+    t: PacketType,
+    reason: ReasonCode,
+    p: &Properties,
+    version: Version,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let tail = tail_len(reason, p, version, t)?;
     fixed_header(out, byte0, tail.0)?;
     write_tail(out, reason, p, version, tail)
@@ -269,12 +344,26 @@ impl Packet {
                 out.put_slice(&[0xd0, 0x00]);
                 Ok(())
             }
-            Packet::Disconnect(d) => reason_only(0xe0, PacketType::Disconnect, d.reason, &d.properties, version, out),
+            Packet::Disconnect(d) => reason_only(
+                0xe0,
+                PacketType::Disconnect,
+                d.reason,
+                &d.properties,
+                version,
+                out,
+            ),
             Packet::Auth(a) => {
                 if !version.is_v5() {
                     return Err(EncodeError::NotInVersion);
                 }
-                reason_only(0xf0, PacketType::Auth, a.reason, &a.properties, version, out)
+                reason_only(
+                    0xf0,
+                    PacketType::Auth,
+                    a.reason,
+                    &a.properties,
+                    version,
+                    out,
+                )
             }
         }
     }

@@ -26,12 +26,20 @@ pub struct Error {
 impl Error {
     /// A malformed packet (0x81): the bytes cannot be parsed as the spec describes.
     pub const fn malformed(rule: &'static str, what: &'static str) -> Self {
-        Self { rule, what, reason: ReasonCode::MALFORMED_PACKET }
+        Self {
+            rule,
+            what,
+            reason: ReasonCode::MALFORMED_PACKET,
+        }
     }
 
     /// A protocol error (0x82): well-formed bytes that break a rule of the protocol.
     pub const fn protocol(rule: &'static str, what: &'static str) -> Self {
-        Self { rule, what, reason: ReasonCode::PROTOCOL_ERROR }
+        Self {
+            rule,
+            what,
+            reason: ReasonCode::PROTOCOL_ERROR,
+        }
     }
 
     /// An error with an explicit reason code.
@@ -78,7 +86,9 @@ impl fmt::Display for EncodeError {
                 write!(f, "property 0x{id:02X} is not allowed in this packet")
             }
             Self::ZeroPacketId => f.write_str("packet identifier 0 where one is required"),
-            Self::NotInVersion => f.write_str("packet type does not exist in this protocol version"),
+            Self::NotInVersion => {
+                f.write_str("packet type does not exist in this protocol version")
+            }
         }
     }
 }

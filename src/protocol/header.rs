@@ -104,12 +104,20 @@ impl FixedHeader {
 /// `Ok(None)` when the header is not complete yet. A frame longer than `max_packet_size` bytes
 /// (whole frame, as MQTT 5.0 §3.1.2.11.4 counts it) is refused as soon as its length is known.
 #[inline]
-pub fn parse(buf: &[u8], version: Version, max_packet_size: u32) -> Result<Option<FixedHeader>, Error> {
-    let Some(&byte0) = buf.first() else { return Ok(None) };
+pub fn parse(
+    buf: &[u8],
+    version: Version,
+    max_packet_size: u32,
+) -> Result<Option<FixedHeader>, Error> {
+    let Some(&byte0) = buf.first() else {
+        return Ok(None);
+    };
     if FIRST_BYTE[byte0 as usize] & version_bit(version) == 0 {
         return Err(first_byte_error(byte0, version));
     }
-    let Some((remaining, n)) = varint::decode(&buf[1..])? else { return Ok(None) };
+    let Some((remaining, n)) = varint::decode(&buf[1..])? else {
+        return Ok(None);
+    };
     let header_len = 1 + n as u8;
     if remaining as u64 + header_len as u64 > max_packet_size as u64 {
         return Err(Error::with_reason(
@@ -118,7 +126,11 @@ pub fn parse(buf: &[u8], version: Version, max_packet_size: u32) -> Result<Optio
             ReasonCode::PACKET_TOO_LARGE,
         ));
     }
-    Ok(Some(FixedHeader { byte0, remaining, header_len }))
+    Ok(Some(FixedHeader {
+        byte0,
+        remaining,
+        header_len,
+    }))
 }
 
 /// Which rule a refused first byte breaks.
@@ -131,9 +143,10 @@ fn first_byte_error(byte0: u8, version: Version) -> Error {
         15 => Error::malformed("§2.1.2", "AUTH (type 15) does not exist before MQTT 5.0"),
         3 if (flags >> 1) & 3 == 3 => Error::malformed("MQTT-3.3.1-4", "PUBLISH with QoS 3"),
         3 => Error::malformed("MQTT-3.3.1-2", "DUP flag set on a QoS 0 PUBLISH"),
-        _ if version == Version::V5 => {
-            Error::malformed("MQTT-2.1.3-1", "reserved fixed-header flag bits not as specified")
-        }
+        _ if version == Version::V5 => Error::malformed(
+            "MQTT-2.1.3-1",
+            "reserved fixed-header flag bits not as specified",
+        ),
         _ => Error::malformed(
             "3.1.1 MQTT-2.2.2-2",
             "reserved fixed-header flag bits not as specified",
@@ -149,13 +162,17 @@ mod tests {
     fn first_byte_table() {
         let ok = |b: u8, v: Version| FIRST_BYTE[b as usize] & version_bit(v) != 0;
         for v in [Version::V3_1, Version::V3_1_1, Version::V5] {
-            for b in [0x10, 0x20, 0x30, 0x31, 0x32, 0x3b, 0x3d, 0x40, 0x50, 0x62, 0x70, 0x82] {
+            for b in [
+                0x10, 0x20, 0x30, 0x31, 0x32, 0x3b, 0x3d, 0x40, 0x50, 0x62, 0x70, 0x82,
+            ] {
                 assert!(ok(b, v), "{b:#04x} {v:?}");
             }
             for b in [0x90, 0xa2, 0xb0, 0xc0, 0xd0, 0xe0] {
                 assert!(ok(b, v), "{b:#04x} {v:?}");
             }
-            for b in [0x00, 0x0f, 0x11, 0x36, 0x37, 0x3e, 0x3f, 0x41, 0x60, 0x63, 0x80, 0xc1] {
+            for b in [
+                0x00, 0x0f, 0x11, 0x36, 0x37, 0x3e, 0x3f, 0x41, 0x60, 0x63, 0x80, 0xc1,
+            ] {
                 assert!(!ok(b, v), "{b:#04x} {v:?}");
             }
         }
@@ -165,7 +182,10 @@ mod tests {
         assert!(ok(0x38, Version::V3_1) && !ok(0x38, Version::V3_1_1) && !ok(0x38, Version::V5));
         assert!(ok(0x8a, Version::V3_1) && !ok(0x8a, Version::V3_1_1));
         // 14 fixed-flag types plus 16 PUBLISH flag values less 4 with QoS 3 and 2 with DUP on QoS 0.
-        assert_eq!(FIRST_BYTE.iter().filter(|&&b| b & V5 != 0).count(), 14 + 16 - 4 - 2);
+        assert_eq!(
+            FIRST_BYTE.iter().filter(|&&b| b & V5 != 0).count(),
+            14 + 16 - 4 - 2
+        );
     }
 
     #[test]
@@ -173,13 +193,28 @@ mod tests {
         assert_eq!(parse(&[], Version::V5, u32::MAX).unwrap(), None);
         assert_eq!(parse(&[0x30], Version::V5, u32::MAX).unwrap(), None);
         assert_eq!(parse(&[0x30, 0x80], Version::V5, u32::MAX).unwrap(), None);
-        let h = parse(&[0x30, 0x80, 0x01], Version::V5, u32::MAX).unwrap().unwrap();
+        let h = parse(&[0x30, 0x80, 0x01], Version::V5, u32::MAX)
+            .unwrap()
+            .unwrap();
         assert_eq!((h.remaining, h.header_len, h.frame_len()), (128, 3, 131));
-        assert!(parse(&[0x30, 0x80, 0x01], Version::V5, 131).unwrap().is_some());
+        assert!(
+            parse(&[0x30, 0x80, 0x01], Version::V5, 131)
+                .unwrap()
+                .is_some()
+        );
         let e = parse(&[0x30, 0x80, 0x01], Version::V5, 130).unwrap_err();
         assert_eq!(e.reason, ReasonCode::PACKET_TOO_LARGE);
-        assert_eq!(parse(&[0x36, 0x00], Version::V5, 100).unwrap_err().rule, "MQTT-3.3.1-4");
-        assert_eq!(parse(&[0x60, 0x02], Version::V5, 100).unwrap_err().rule, "MQTT-2.1.3-1");
-        assert_eq!(parse(&[0x00, 0x00], Version::V5, 100).unwrap_err().rule, "§2.1.2");
+        assert_eq!(
+            parse(&[0x36, 0x00], Version::V5, 100).unwrap_err().rule,
+            "MQTT-3.3.1-4"
+        );
+        assert_eq!(
+            parse(&[0x60, 0x02], Version::V5, 100).unwrap_err().rule,
+            "MQTT-2.1.3-1"
+        );
+        assert_eq!(
+            parse(&[0x00, 0x00], Version::V5, 100).unwrap_err().rule,
+            "§2.1.2"
+        );
     }
 }

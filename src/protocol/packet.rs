@@ -265,7 +265,11 @@ pub struct PubAck {
 impl PubAck {
     /// A successful acknowledgement with no properties.
     pub fn new(packet_id: u16) -> Self {
-        Self { packet_id, reason: ReasonCode::SUCCESS, properties: Properties::default() }
+        Self {
+            packet_id,
+            reason: ReasonCode::SUCCESS,
+            properties: Properties::default(),
+        }
     }
 }
 
@@ -294,7 +298,10 @@ pub struct SubscriptionOptions {
 impl SubscriptionOptions {
     /// Options with the given maximum QoS and 5.0 defaults for the rest.
     pub fn qos(qos: QoS) -> Self {
-        Self { qos, ..Self::default() }
+        Self {
+            qos,
+            ..Self::default()
+        }
     }
 }
 

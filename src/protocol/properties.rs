@@ -134,7 +134,9 @@ static ALLOWED: [u16; 0x2B] = {
     t[id::RESPONSE_INFORMATION as usize] = bits(&[ConnAck], false);
     t[id::SERVER_REFERENCE as usize] = bits(&[ConnAck, Disconnect], false);
     t[id::REASON_STRING as usize] = bits(
-        &[ConnAck, PubAck, PubRec, PubRel, PubComp, SubAck, UnsubAck, Disconnect, Auth],
+        &[
+            ConnAck, PubAck, PubRec, PubRel, PubComp, SubAck, UnsubAck, Disconnect, Auth,
+        ],
         false,
     );
     t[id::RECEIVE_MAXIMUM as usize] = bits(&[Connect, ConnAck], false);
@@ -144,8 +146,19 @@ static ALLOWED: [u16; 0x2B] = {
     t[id::RETAIN_AVAILABLE as usize] = bits(&[ConnAck], false);
     t[id::USER_PROPERTY as usize] = bits(
         &[
-            Connect, ConnAck, Publish, PubAck, PubRec, PubRel, PubComp, Subscribe, SubAck,
-            Unsubscribe, UnsubAck, Disconnect, Auth,
+            Connect,
+            ConnAck,
+            Publish,
+            PubAck,
+            PubRec,
+            PubRel,
+            PubComp,
+            Subscribe,
+            SubAck,
+            Unsubscribe,
+            UnsubAck,
+            Disconnect,
+            Auth,
         ],
         true,
     );
@@ -257,7 +270,11 @@ impl Eq for Properties {}
 
 impl core::fmt::Debug for Properties {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        if self.is_empty() { f.write_str("Properties {}") } else { (**self).fmt(f) }
+        if self.is_empty() {
+            f.write_str("Properties {}")
+        } else {
+            (**self).fmt(f)
+        }
     }
 }
 
@@ -323,11 +340,19 @@ impl Properties {
             match id {
                 id::PAYLOAD_FORMAT_INDICATOR => set_once!(
                     p.payload_format_indicator,
-                    flag(&mut r, "§3.3.2.3.2", "payload format indicator other than 0 or 1")?,
+                    flag(
+                        &mut r,
+                        "§3.3.2.3.2",
+                        "payload format indicator other than 0 or 1"
+                    )?,
                     "payload format indicator"
                 ),
                 id::MESSAGE_EXPIRY_INTERVAL => {
-                    set_once!(p.message_expiry_interval, r.u32()?, "message expiry interval")
+                    set_once!(
+                        p.message_expiry_interval,
+                        r.u32()?,
+                        "message expiry interval"
+                    )
                 }
                 id::CONTENT_TYPE => set_once!(p.content_type, r.string()?, "content type"),
                 id::RESPONSE_TOPIC => {
@@ -356,7 +381,11 @@ impl Properties {
                     p.subscription_identifiers.push(v);
                 }
                 id::SESSION_EXPIRY_INTERVAL => {
-                    set_once!(p.session_expiry_interval, r.u32()?, "session expiry interval")
+                    set_once!(
+                        p.session_expiry_interval,
+                        r.u32()?,
+                        "session expiry interval"
+                    )
                 }
                 id::ASSIGNED_CLIENT_IDENTIFIER => set_once!(
                     p.assigned_client_identifier,
@@ -367,14 +396,22 @@ impl Properties {
                     set_once!(p.server_keep_alive, r.u16()?, "server keep alive")
                 }
                 id::AUTHENTICATION_METHOD => {
-                    set_once!(p.authentication_method, r.string()?, "authentication method")
+                    set_once!(
+                        p.authentication_method,
+                        r.string()?,
+                        "authentication method"
+                    )
                 }
                 id::AUTHENTICATION_DATA => {
                     set_once!(p.authentication_data, r.binary()?, "authentication data")
                 }
                 id::REQUEST_PROBLEM_INFORMATION => set_once!(
                     p.request_problem_information,
-                    flag(&mut r, "§3.1.2.11.7", "request problem information other than 0 or 1")?,
+                    flag(
+                        &mut r,
+                        "§3.1.2.11.7",
+                        "request problem information other than 0 or 1"
+                    )?,
                     "request problem information"
                 ),
                 id::WILL_DELAY_INTERVAL => {
@@ -382,7 +419,11 @@ impl Properties {
                 }
                 id::REQUEST_RESPONSE_INFORMATION => set_once!(
                     p.request_response_information,
-                    flag(&mut r, "§3.1.2.11.6", "request response information other than 0 or 1")?,
+                    flag(
+                        &mut r,
+                        "§3.1.2.11.6",
+                        "request response information other than 0 or 1"
+                    )?,
                     "request response information"
                 ),
                 id::RESPONSE_INFORMATION => {
@@ -437,7 +478,11 @@ impl Properties {
                 }
                 id::WILDCARD_SUBSCRIPTION_AVAILABLE => set_once!(
                     p.wildcard_subscription_available,
-                    flag(&mut r, "§3.2.2.3.11", "wildcard subscription available other than 0 or 1")?,
+                    flag(
+                        &mut r,
+                        "§3.2.2.3.11",
+                        "wildcard subscription available other than 0 or 1"
+                    )?,
                     "wildcard subscription available"
                 ),
                 id::SUBSCRIPTION_IDENTIFIER_AVAILABLE => set_once!(
@@ -451,7 +496,11 @@ impl Properties {
                 ),
                 id::SHARED_SUBSCRIPTION_AVAILABLE => set_once!(
                     p.shared_subscription_available,
-                    flag(&mut r, "§3.2.2.3.13", "shared subscription available other than 0 or 1")?,
+                    flag(
+                        &mut r,
+                        "§3.2.2.3.13",
+                        "shared subscription available other than 0 or 1"
+                    )?,
                     "shared subscription available"
                 ),
                 _ => unreachable!("the allowed table admits only the identifiers above"),
@@ -465,20 +514,41 @@ impl Properties {
         let Some(p) = self.0.as_deref() else { return 0 };
         let mut m = 0u64;
         let mut mark = |id: u8, set: bool| m |= (set as u64) << id;
-        mark(id::PAYLOAD_FORMAT_INDICATOR, p.payload_format_indicator.is_some());
-        mark(id::MESSAGE_EXPIRY_INTERVAL, p.message_expiry_interval.is_some());
+        mark(
+            id::PAYLOAD_FORMAT_INDICATOR,
+            p.payload_format_indicator.is_some(),
+        );
+        mark(
+            id::MESSAGE_EXPIRY_INTERVAL,
+            p.message_expiry_interval.is_some(),
+        );
         mark(id::CONTENT_TYPE, p.content_type.is_some());
         mark(id::RESPONSE_TOPIC, p.response_topic.is_some());
         mark(id::CORRELATION_DATA, p.correlation_data.is_some());
-        mark(id::SUBSCRIPTION_IDENTIFIER, !p.subscription_identifiers.is_empty());
-        mark(id::SESSION_EXPIRY_INTERVAL, p.session_expiry_interval.is_some());
-        mark(id::ASSIGNED_CLIENT_IDENTIFIER, p.assigned_client_identifier.is_some());
+        mark(
+            id::SUBSCRIPTION_IDENTIFIER,
+            !p.subscription_identifiers.is_empty(),
+        );
+        mark(
+            id::SESSION_EXPIRY_INTERVAL,
+            p.session_expiry_interval.is_some(),
+        );
+        mark(
+            id::ASSIGNED_CLIENT_IDENTIFIER,
+            p.assigned_client_identifier.is_some(),
+        );
         mark(id::SERVER_KEEP_ALIVE, p.server_keep_alive.is_some());
         mark(id::AUTHENTICATION_METHOD, p.authentication_method.is_some());
         mark(id::AUTHENTICATION_DATA, p.authentication_data.is_some());
-        mark(id::REQUEST_PROBLEM_INFORMATION, p.request_problem_information.is_some());
+        mark(
+            id::REQUEST_PROBLEM_INFORMATION,
+            p.request_problem_information.is_some(),
+        );
         mark(id::WILL_DELAY_INTERVAL, p.will_delay_interval.is_some());
-        mark(id::REQUEST_RESPONSE_INFORMATION, p.request_response_information.is_some());
+        mark(
+            id::REQUEST_RESPONSE_INFORMATION,
+            p.request_response_information.is_some(),
+        );
         mark(id::RESPONSE_INFORMATION, p.response_information.is_some());
         mark(id::SERVER_REFERENCE, p.server_reference.is_some());
         mark(id::REASON_STRING, p.reason_string.is_some());
@@ -489,9 +559,18 @@ impl Properties {
         mark(id::RETAIN_AVAILABLE, p.retain_available.is_some());
         mark(id::USER_PROPERTY, !p.user_properties.is_empty());
         mark(id::MAXIMUM_PACKET_SIZE, p.maximum_packet_size.is_some());
-        mark(id::WILDCARD_SUBSCRIPTION_AVAILABLE, p.wildcard_subscription_available.is_some());
-        mark(id::SUBSCRIPTION_IDENTIFIER_AVAILABLE, p.subscription_identifier_available.is_some());
-        mark(id::SHARED_SUBSCRIPTION_AVAILABLE, p.shared_subscription_available.is_some());
+        mark(
+            id::WILDCARD_SUBSCRIPTION_AVAILABLE,
+            p.wildcard_subscription_available.is_some(),
+        );
+        mark(
+            id::SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+            p.subscription_identifier_available.is_some(),
+        );
+        mark(
+            id::SHARED_SUBSCRIPTION_AVAILABLE,
+            p.shared_subscription_available.is_some(),
+        );
         m
     }
 
@@ -521,7 +600,10 @@ impl Properties {
             + s(&p.content_type)
             + s(&p.response_topic)
             + b(&p.correlation_data)
-            + p.subscription_identifiers.iter().map(|&v| 1 + varint::len(v)).sum::<usize>()
+            + p.subscription_identifiers
+                .iter()
+                .map(|&v| 1 + varint::len(v))
+                .sum::<usize>()
             + n32(p.session_expiry_interval)
             + s(&p.assigned_client_identifier)
             + n16(p.server_keep_alive)
@@ -538,7 +620,10 @@ impl Properties {
             + n16(p.topic_alias)
             + n(p.maximum_qos, 1)
             + n(p.retain_available, 1)
-            + p.user_properties.iter().map(|(k, v)| 5 + k.len() + v.len()).sum::<usize>()
+            + p.user_properties
+                .iter()
+                .map(|(k, v)| 5 + k.len() + v.len())
+                .sum::<usize>()
             + n32(p.maximum_packet_size)
             + n(p.wildcard_subscription_available, 1)
             + n(p.subscription_identifier_available, 1)
@@ -553,7 +638,9 @@ impl Properties {
     /// Writes the length prefix and the properties. `len` is [`Self::encoded_len`].
     pub(crate) fn encode(&self, len: usize, out: &mut BytesMut) -> Result<(), EncodeError> {
         put_varint(out, len as u32);
-        let Some(p) = self.0.as_deref() else { return Ok(()) };
+        let Some(p) = self.0.as_deref() else {
+            return Ok(());
+        };
         let byte = |out: &mut BytesMut, id: u8, v: Option<u8>| {
             if let Some(v) = v {
                 out.put_u8(id);
@@ -579,7 +666,11 @@ impl Properties {
             }
             Ok(())
         };
-        byte(out, id::PAYLOAD_FORMAT_INDICATOR, p.payload_format_indicator);
+        byte(
+            out,
+            id::PAYLOAD_FORMAT_INDICATOR,
+            p.payload_format_indicator,
+        );
         four(out, id::MESSAGE_EXPIRY_INTERVAL, p.message_expiry_interval);
         bin(out, id::CONTENT_TYPE, Self::s(&p.content_type))?;
         bin(out, id::RESPONSE_TOPIC, Self::s(&p.response_topic))?;
@@ -589,14 +680,38 @@ impl Properties {
             put_varint(out, v);
         }
         four(out, id::SESSION_EXPIRY_INTERVAL, p.session_expiry_interval);
-        bin(out, id::ASSIGNED_CLIENT_IDENTIFIER, Self::s(&p.assigned_client_identifier))?;
+        bin(
+            out,
+            id::ASSIGNED_CLIENT_IDENTIFIER,
+            Self::s(&p.assigned_client_identifier),
+        )?;
         two(out, id::SERVER_KEEP_ALIVE, p.server_keep_alive);
-        bin(out, id::AUTHENTICATION_METHOD, Self::s(&p.authentication_method))?;
-        bin(out, id::AUTHENTICATION_DATA, p.authentication_data.as_deref())?;
-        byte(out, id::REQUEST_PROBLEM_INFORMATION, p.request_problem_information);
+        bin(
+            out,
+            id::AUTHENTICATION_METHOD,
+            Self::s(&p.authentication_method),
+        )?;
+        bin(
+            out,
+            id::AUTHENTICATION_DATA,
+            p.authentication_data.as_deref(),
+        )?;
+        byte(
+            out,
+            id::REQUEST_PROBLEM_INFORMATION,
+            p.request_problem_information,
+        );
         four(out, id::WILL_DELAY_INTERVAL, p.will_delay_interval);
-        byte(out, id::REQUEST_RESPONSE_INFORMATION, p.request_response_information);
-        bin(out, id::RESPONSE_INFORMATION, Self::s(&p.response_information))?;
+        byte(
+            out,
+            id::REQUEST_RESPONSE_INFORMATION,
+            p.request_response_information,
+        );
+        bin(
+            out,
+            id::RESPONSE_INFORMATION,
+            Self::s(&p.response_information),
+        )?;
         bin(out, id::SERVER_REFERENCE, Self::s(&p.server_reference))?;
         bin(out, id::REASON_STRING, Self::s(&p.reason_string))?;
         two(out, id::RECEIVE_MAXIMUM, p.receive_maximum);
@@ -610,9 +725,21 @@ impl Properties {
             put_binary(out, v.as_bytes())?;
         }
         four(out, id::MAXIMUM_PACKET_SIZE, p.maximum_packet_size);
-        byte(out, id::WILDCARD_SUBSCRIPTION_AVAILABLE, p.wildcard_subscription_available);
-        byte(out, id::SUBSCRIPTION_IDENTIFIER_AVAILABLE, p.subscription_identifier_available);
-        byte(out, id::SHARED_SUBSCRIPTION_AVAILABLE, p.shared_subscription_available);
+        byte(
+            out,
+            id::WILDCARD_SUBSCRIPTION_AVAILABLE,
+            p.wildcard_subscription_available,
+        );
+        byte(
+            out,
+            id::SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+            p.subscription_identifier_available,
+        );
+        byte(
+            out,
+            id::SHARED_SUBSCRIPTION_AVAILABLE,
+            p.shared_subscription_available,
+        );
         Ok(())
     }
 }

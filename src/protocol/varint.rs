@@ -14,10 +14,11 @@ use super::error::Error;
 /// The largest value a Variable Byte Integer can hold.
 pub const MAX: u32 = 268_435_455;
 
-const TOO_LONG: Error =
-    Error::malformed("§1.5.5", "variable byte integer longer than four bytes");
-const NOT_MINIMAL: Error =
-    Error::malformed("MQTT-1.5.5-1", "variable byte integer not in its minimal encoding");
+const TOO_LONG: Error = Error::malformed("§1.5.5", "variable byte integer longer than four bytes");
+const NOT_MINIMAL: Error = Error::malformed(
+    "MQTT-1.5.5-1",
+    "variable byte integer not in its minimal encoding",
+);
 
 /// Decodes a Variable Byte Integer at the start of `buf`.
 ///
@@ -25,16 +26,26 @@ const NOT_MINIMAL: Error =
 #[inline]
 pub fn decode(buf: &[u8]) -> Result<Option<(u32, usize)>, Error> {
     let (x, present) = if buf.len() >= 4 {
-        (u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]), u32::MAX)
+        (
+            u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]),
+            u32::MAX,
+        )
     } else {
         let mut w = [0u8; 4];
         w[..buf.len()].copy_from_slice(buf);
         // Only the bytes actually present may terminate the integer.
-        (u32::from_le_bytes(w), (1u32 << (8 * buf.len())).wrapping_sub(1))
+        (
+            u32::from_le_bytes(w),
+            (1u32 << (8 * buf.len())).wrapping_sub(1),
+        )
     };
     let stops = !x & 0x8080_8080 & present;
     if stops == 0 {
-        return if buf.len() < 4 { Ok(None) } else { Err(TOO_LONG) };
+        return if buf.len() < 4 {
+            Ok(None)
+        } else {
+            Err(TOO_LONG)
+        };
     }
     let len = (stops.trailing_zeros() / 8 + 1) as usize;
     let keep = x & (u32::MAX >> (32 - 8 * len as u32));
@@ -108,9 +119,19 @@ mod tests {
 
     #[test]
     fn rejects_five_bytes_and_non_minimal() {
-        assert_eq!(decode(&[0x80, 0x80, 0x80, 0x80]).unwrap_err().rule, "§1.5.5");
-        assert_eq!(decode(&[0xff, 0xff, 0xff, 0xff, 0x01]).unwrap_err().rule, "§1.5.5");
-        for bad in [&[0x80, 0x00][..], &[0xff, 0x80, 0x00], &[0x80, 0x80, 0x80, 0x00]] {
+        assert_eq!(
+            decode(&[0x80, 0x80, 0x80, 0x80]).unwrap_err().rule,
+            "§1.5.5"
+        );
+        assert_eq!(
+            decode(&[0xff, 0xff, 0xff, 0xff, 0x01]).unwrap_err().rule,
+            "§1.5.5"
+        );
+        for bad in [
+            &[0x80, 0x00][..],
+            &[0xff, 0x80, 0x00],
+            &[0x80, 0x80, 0x80, 0x00],
+        ] {
             assert_eq!(decode(bad).unwrap_err().rule, "MQTT-1.5.5-1", "{bad:?}");
         }
     }

@@ -1,0 +1,141 @@
+//! Command-line flags and subcommands, and how they override the config file.
+//!
+//! Runs on the main thread before any shard starts. Usage errors exit with status 2 and one
+//! line (clap's own message), as do configuration errors (see [`crate::config`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, DEFAULT_TOML, IoDriver, parse_cores};
+
+/// shardmq: a thread-per-core MQTT 3.1 / 3.1.1 / 5.0 broker.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// TOML config file; without it the built-in defaults apply (see --print-config).
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Address to accept MQTT over TCP on; repeat for several. Replaces the file's `listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+
+    /// Number of shards (threads), one per core by default.
+    #[arg(long, value_name = "N", conflicts_with = "cores")]
+    pub shards: Option<usize>,
+
+    /// Cores to run shards on, one shard per core, e.g. 0-3,8.
+    #[arg(long, value_name = "LIST", value_parser = parse_core_list)]
+    pub cores: Option<String>,
+
+    /// Do not pin shard threads to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// I/O driver: auto tries io_uring and falls back to epoll.
+    #[arg(long, value_enum, value_name = "DRIVER")]
+    pub io_driver: Option<IoDriver>,
+
+    /// Log filter: error, warn, info, debug, trace, or e.g. shardmq=debug.
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// Print the annotated default configuration and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a config file and print the effective settings.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn parse_core_list(s: &str) -> Result<String, String> {
+    parse_cores(s).map(|_| s.to_string())
+}
+
+impl Cli {
+    /// The configuration: the file (or defaults), then the flags on top.
+    pub fn effective_config(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::from_toml(DEFAULT_TOML, "built-in defaults")?,
+        };
+        if !self.listen.is_empty() {
+            config.listen = self.listen.clone();
+        }
+        if let Some(n) = self.shards {
+            if n == 0 {
+                return Err(ConfigError("--shards: must be at least 1".into()));
+            }
+            config.shards = n;
+            config.cores = None;
+        }
+        if let Some(c) = &self.cores {
+            config.cores = Some(c.clone());
+        }
+        if self.no_pin {
+            config.pin = false;
+        }
+        if let Some(d) = self.io_driver {
+            config.io_driver = d;
+        }
+        if let Some(l) = &self.log_level {
+            config.log_level = l.clone();
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("shardmq").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let c = cli(&[
+            "--listen",
+            "127.0.0.1:1999",
+            "--shards",
+            "3",
+            "--no-pin",
+            "--io-driver",
+            "epoll",
+        ])
+        .unwrap()
+        .effective_config()
+        .unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:1999".parse().unwrap()]);
+        assert_eq!((c.shards, c.pin, c.io_driver), (3, false, IoDriver::Epoll));
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        for args in [
+            &["--shards", "x"][..],
+            &["--cores", "3-1"],
+            &["--io-driver", "kqueue"],
+            &["--listen", "nope"],
+            &["--shards", "2", "--cores", "0-1"],
+            &["--bogus"],
+        ] {
+            let e = cli(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+        assert!(cli(&["--shards", "0"]).unwrap().effective_config().is_err());
+    }
+}

@@ -1,0 +1,280 @@
+//! Broker configuration: the TOML file, its defaults, and every bound in one [`Limits`] struct.
+//!
+//! Loaded once on the main thread before any shard starts; shards get a read-only copy. Unknown
+//! keys are errors (a typo must not silently fall back to a default), and every error is one
+//! line naming the file, the line and what to fix.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// TCP listeners, e.g. `["0.0.0.0:1883"]`.
+    pub listen: Vec<SocketAddr>,
+    /// Number of shards (threads); 0 = one per available core.
+    pub shards: usize,
+    /// Cores to run shards on, e.g. `"0-3,8"`; overrides `shards` when set.
+    pub cores: Option<String>,
+    /// Pin each shard thread to its core.
+    pub pin: bool,
+    /// I/O driver: `auto` (io_uring, falling back to epoll), `uring` or `epoll`.
+    pub io_driver: IoDriver,
+    /// Log filter, e.g. `info` or `shardmq=debug`.
+    pub log_level: String,
+    /// Every bound the broker enforces.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+            shards: 0,
+            cores: None,
+            pin: true,
+            io_driver: IoDriver::Auto,
+            log_level: "info".into(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Which io driver a shard's runtime uses.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IoDriver {
+    /// io_uring, or epoll when the kernel refuses io_uring (logged).
+    Auto,
+    /// io_uring only; fail to start without it.
+    Uring,
+    /// epoll only.
+    Epoll,
+}
+
+/// Every queue, buffer and table bound, in one place (DESIGN.md invariant 2).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections the broker accepts in total; further ones are closed at accept.
+    pub max_connections: usize,
+    /// Largest packet accepted from a client, whole frame, bytes (MQTT 5.0 Maximum Packet Size).
+    pub max_packet_size: u32,
+    /// Unacknowledged QoS 1/2 messages in flight to one client.
+    pub max_inflight: u16,
+    /// Messages queued for one session (offline or behind its inflight window).
+    pub max_queued_messages: usize,
+    /// Bytes of payload queued for one session.
+    pub max_queued_bytes: usize,
+    /// Slots in each shard-to-shard ring (rounded up to a power of two).
+    pub ring_capacity: usize,
+    /// Messages a shard holds for a full ring before applying backpressure.
+    pub ring_overflow: usize,
+    /// Longest client identifier accepted, bytes.
+    pub max_client_id_len: usize,
+    /// Subscriptions one client may hold.
+    pub max_subscriptions_per_client: usize,
+    /// Levels in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Retained messages kept broker-wide.
+    pub max_retained_messages: usize,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout_secs: u32,
+    /// Largest keep alive the broker grants, seconds (0 = whatever the client asks).
+    pub max_keep_alive_secs: u16,
+    /// Bytes read from a socket at a time per connection (the read buffer grows up to
+    /// `max_packet_size` only for a packet that needs it).
+    pub read_buffer: usize,
+    /// Bytes buffered for sending to one connection before it counts as a slow consumer.
+    pub max_write_buffer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_packet_size: 1024 * 1024,
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            ring_capacity: 4096,
+            ring_overflow: 65_536,
+            max_client_id_len: 256,
+            max_subscriptions_per_client: 1000,
+            max_topic_levels: 64,
+            max_retained_messages: 1_000_000,
+            connect_timeout_secs: 10,
+            max_keep_alive_secs: 0,
+            read_buffer: 4096,
+            max_write_buffer: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// A configuration error, already phrased as the one line the user sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses TOML text; `origin` names the file in error messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let place = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" line {line}")
+                })
+                .unwrap_or_default();
+            let msg = e.message().trim().replace('\n', "; ");
+            ConfigError(format!("{origin}:{place}: {msg}"))
+        })?;
+        config
+            .validate()
+            .map_err(|m| ConfigError(format!("{origin}: {m}")))?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.listen.is_empty() {
+            return Err(
+                "listen: at least one address is needed, e.g. listen = [\"0.0.0.0:1883\"]".into(),
+            );
+        }
+        if let Some(c) = &self.cores {
+            parse_cores(c).map_err(|e| format!("cores: {e}"))?;
+        }
+        let l = &self.limits;
+        if l.max_packet_size < 128 {
+            return Err("limits.max_packet_size: must be at least 128 bytes".into());
+        }
+        if l.max_inflight == 0 {
+            return Err(
+                "limits.max_inflight: must be at least 1 (MQTT 5.0 Receive Maximum cannot be 0)"
+                    .into(),
+            );
+        }
+        if l.ring_capacity < 2 || l.ring_capacity > 1 << 20 {
+            return Err("limits.ring_capacity: must be between 2 and 1048576".into());
+        }
+        if l.read_buffer < 64 {
+            return Err("limits.read_buffer: must be at least 64 bytes".into());
+        }
+        if l.max_client_id_len == 0 || l.max_client_id_len > 65_535 {
+            return Err("limits.max_client_id_len: must be between 1 and 65535".into());
+        }
+        Ok(())
+    }
+
+    /// The cores shards run on: the `cores` list, or the first `shards` cores, or all.
+    pub fn shard_cores(&self, available: usize) -> Vec<usize> {
+        if let Some(c) = &self.cores {
+            if let Ok(list) = parse_cores(c) {
+                return list;
+            }
+        }
+        let n = if self.shards == 0 {
+            available.max(1)
+        } else {
+            self.shards
+        };
+        (0..n).map(|i| i % available.max(1)).collect()
+    }
+}
+
+/// Parses a core list such as `0-3,8`: ranges and single cores, no duplicates.
+pub fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let bad = || format!("'{part}' is not a core number or range (write e.g. 0-3,8)");
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            ),
+            None => {
+                let n: usize = part.parse().map_err(|_| bad())?;
+                (n, n)
+            }
+        };
+        if lo > hi {
+            return Err(format!("range '{part}' runs backwards"));
+        }
+        if hi >= 4096 {
+            return Err(format!("core {hi} is out of range"));
+        }
+        for c in lo..=hi {
+            if out.contains(&c) {
+                return Err(format!("core {c} is listed twice"));
+            }
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// The annotated default configuration shipped in the binary (`shardmq --print-config`).
+pub const DEFAULT_TOML: &str = include_str!("../shardmq.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_is_the_default() {
+        assert_eq!(
+            Config::from_toml(DEFAULT_TOML, "shardmq.toml").unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn errors_are_one_line_with_the_place() {
+        let e = Config::from_toml("shards = 2\nlisen = [\"0.0.0.0:1\"]\n", "x.toml").unwrap_err();
+        assert!(e.0.starts_with("x.toml: line 2:"), "{e}");
+        assert!(e.0.contains("unknown field `lisen`"), "{e}");
+        assert!(!e.0.contains('\n'));
+        let e = Config::from_toml("[limits]\nmax_inflight = 0\n", "y.toml").unwrap_err();
+        assert!(e.0.contains("limits.max_inflight"), "{e}");
+        let e = Config::from_toml("io_driver = \"kqueue\"\n", "z.toml").unwrap_err();
+        assert!(e.0.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn core_lists() {
+        assert_eq!(parse_cores("0-3,8").unwrap(), vec![0, 1, 2, 3, 8]);
+        assert_eq!(parse_cores("5").unwrap(), vec![5]);
+        assert!(parse_cores("3-1").is_err());
+        assert!(parse_cores("1,1").is_err());
+        assert!(parse_cores("a").is_err());
+        let c = Config {
+            shards: 3,
+            ..Config::default()
+        };
+        assert_eq!(c.shard_cores(2), vec![0, 1, 0]);
+        let c = Config {
+            cores: Some("1".into()),
+            ..Config::default()
+        };
+        assert_eq!(c.shard_cores(2), vec![1]);
+    }
+}
