@@ -70,10 +70,7 @@ pub fn decode_body(h: FixedHeader, body: Bytes, version: Version) -> Result<Pack
                 reason_and_properties(&mut r, version, PacketType::Disconnect)?;
             Packet::Disconnect(Disconnect { reason, properties })
         }
-        PacketType::Auth => {
-            let (reason, properties) = reason_and_properties(&mut r, version, PacketType::Auth)?;
-            Packet::Auth(Auth { reason, properties })
-        }
+        PacketType::Auth => Packet::Auth(auth(&mut r, version)?),
     };
     if !r.is_empty() {
         return Err(trailing(h.packet_type()));
@@ -84,10 +81,12 @@ pub fn decode_body(h: FixedHeader, body: Bytes, version: Version) -> Result<Pack
 #[cold]
 fn trailing(t: PacketType) -> Error {
     match t {
-        PacketType::PingReq | PacketType::PingResp => Error::malformed(
-            "§3.12.1",
-            "PINGREQ / PINGRESP with a non-zero remaining length",
-        ),
+        PacketType::PingReq => {
+            Error::malformed("§3.12.1", "PINGREQ with a non-zero remaining length")
+        }
+        PacketType::PingResp => {
+            Error::malformed("§3.13.1", "PINGRESP with a non-zero remaining length")
+        }
         _ => Error::malformed("§2.1.4", "bytes left over after the end of the packet"),
     }
 }
@@ -184,11 +183,40 @@ fn reason_and_properties(
     Ok((reason, properties))
 }
 
+/// AUTH (§3.15): empty (success), or a reason code, properties and an Authentication Method.
+fn auth(r: &mut Reader, version: Version) -> Result<Auth, Error> {
+    if r.remaining() == 1 {
+        return Err(Error::malformed(
+            "§3.15.2.1",
+            "AUTH with a reason code but no property length",
+        ));
+    }
+    let (reason, properties) = reason_and_properties(r, version, PacketType::Auth)?;
+    if reason != ReasonCode::SUCCESS || !properties.is_empty() {
+        if properties.authentication_method.is_none() {
+            return Err(Error::protocol(
+                "§3.15.2.2.2",
+                "AUTH without an authentication method",
+            ));
+        }
+    }
+    Ok(Auth { reason, properties })
+}
+
 fn reason_code(r: &mut Reader, t: PacketType) -> Result<ReasonCode, Error> {
     let reason = ReasonCode(r.u8()?);
     if !reason.valid_in(t) {
-        return Err(Error::malformed(
-            "§2.4",
+        let rule = match t {
+            PacketType::PubAck => "MQTT-3.4.2-1",
+            PacketType::PubRec => "MQTT-3.5.2-1",
+            PacketType::PubRel => "MQTT-3.6.2-1",
+            PacketType::PubComp => "MQTT-3.7.2-1",
+            PacketType::UnsubAck => "MQTT-3.11.3-2",
+            PacketType::Disconnect => "MQTT-3.14.2-1",
+            _ => "MQTT-3.15.2-1",
+        };
+        return Err(Error::protocol(
+            rule,
             "reason code not valid for this packet",
         ));
     }
@@ -253,6 +281,12 @@ fn connect(r: &mut Reader) -> Result<Connect, Error> {
     }
     let keep_alive = r.u16()?;
     let properties = properties(r, version, PacketType::Connect)?;
+    if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
+        return Err(Error::protocol(
+            "§3.1.2.11.10",
+            "authentication data without an authentication method",
+        ));
+    }
     let client_id = r.string()?;
     let will = if will_flag {
         let properties = if version.is_v5() {
@@ -310,8 +344,8 @@ fn conn_ack(r: &mut Reader, version: Version) -> Result<ConnAck, Error> {
     let reason = if version.is_v5() {
         let rc = ReasonCode(code);
         if !rc.valid_in(PacketType::ConnAck) {
-            return Err(Error::malformed(
-                "§3.2.2.2",
+            return Err(Error::protocol(
+                "MQTT-3.2.2-8",
                 "reason code not valid for CONNACK",
             ));
         }
@@ -345,21 +379,17 @@ fn subscribe(r: &mut Reader, version: Version) -> Result<Subscribe, Error> {
         let filter = r.string()?.into_bytes();
         topic::validate_topic_filter(&filter)?;
         let o = r.u8()?;
-        let Some(qos) = QoS::from_u8(o & 0x03) else {
-            let rule = if version.is_v5() {
-                "§3.8.3.1"
-            } else {
-                "3.1.1 MQTT-3-8.3-4"
-            };
-            return Err(Error::malformed(rule, "subscription QoS 3"));
-        };
         let options = if version.is_v5() {
+            // Reserved bits first: with them set the byte is malformed whatever the QoS.
             if o & 0xc0 != 0 {
                 return Err(Error::malformed(
                     "MQTT-3.8.3-5",
                     "reserved subscription option bits set",
                 ));
             }
+            let Some(qos) = QoS::from_u8(o & 0x03) else {
+                return Err(Error::protocol("§3.8.3.1", "subscription maximum QoS 3"));
+            };
             let retain_handling = match (o >> 4) & 0x03 {
                 0 => RetainHandling::SendAtSubscribe,
                 1 => RetainHandling::SendIfNew,
@@ -380,13 +410,15 @@ fn subscribe(r: &mut Reader, version: Version) -> Result<Subscribe, Error> {
                 retain_handling,
             }
         } else {
-            if o & 0xfc != 0 {
-                return Err(Error::malformed(
-                    "3.1.1 MQTT-3-8.3-4",
-                    "reserved requested-QoS bits set",
-                ));
+            match QoS::from_u8(o & 0x03) {
+                Some(qos) if o & 0xfc == 0 => SubscriptionOptions::qos(qos),
+                _ => {
+                    return Err(Error::malformed(
+                        "3.1.1 MQTT-3-8.3-4",
+                        "reserved requested-QoS bits set, or QoS 3",
+                    ));
+                }
             }
-            SubscriptionOptions::qos(qos)
         };
         filters.push((TopicFilter::new_unchecked(filter), options));
     }
@@ -415,9 +447,15 @@ fn sub_ack(r: &mut Reader, version: Version) -> Result<SubAck, Error> {
             matches!(code, 0x00 | 0x01 | 0x02 | 0x80)
         };
         if !valid {
-            return Err(Error::malformed("§3.9.3", "SUBACK reason code not valid"));
+            return Err(Error::protocol(
+                "MQTT-3.9.3-2",
+                "SUBACK reason code not valid",
+            ));
         }
         reasons.push(ReasonCode(code));
+    }
+    if reasons.is_empty() {
+        return Err(Error::protocol("§2.4", "SUBACK without a reason code"));
     }
     Ok(SubAck {
         packet_id,
@@ -456,6 +494,9 @@ fn unsub_ack(r: &mut Reader, version: Version) -> Result<UnsubAck, Error> {
         reasons.reserve(r.remaining());
         while !r.is_empty() {
             reasons.push(reason_code(r, PacketType::UnsubAck)?);
+        }
+        if reasons.is_empty() {
+            return Err(Error::protocol("§2.4", "UNSUBACK without a reason code"));
         }
     }
     Ok(UnsubAck {

@@ -140,15 +140,17 @@ fn first_byte_error(byte0: u8, version: Version) -> Error {
     let flags = byte0 & 0x0f;
     match ty {
         0 => Error::malformed("§2.1.2", "reserved control packet type 0"),
-        15 => Error::malformed("§2.1.2", "AUTH (type 15) does not exist before MQTT 5.0"),
+        15 if version == Version::V5 => {
+            Error::malformed("MQTT-3.15.1-1", "AUTH reserved flag bits not 0")
+        }
+        15 => Error::malformed(
+            "3.1.1 §2.2.1",
+            "AUTH (type 15) does not exist before MQTT 5.0",
+        ),
         3 if (flags >> 1) & 3 == 3 => Error::malformed("MQTT-3.3.1-4", "PUBLISH with QoS 3"),
         3 => Error::malformed("MQTT-3.3.1-2", "DUP flag set on a QoS 0 PUBLISH"),
-        _ if version == Version::V5 => Error::malformed(
-            "MQTT-2.1.3-1",
-            "reserved fixed-header flag bits not as specified",
-        ),
         _ => Error::malformed(
-            "3.1.1 MQTT-2.2.2-2",
+            "MQTT-2.1.3-1",
             "reserved fixed-header flag bits not as specified",
         ),
     }

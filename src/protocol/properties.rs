@@ -284,11 +284,6 @@ impl From<PropertyValues> for Properties {
     }
 }
 
-/// A Protocol Error for a property given twice.
-fn duplicate(what: &'static str) -> Error {
-    Error::protocol("§2.2.2.2", what)
-}
-
 fn flag(r: &mut Reader, rule: &'static str, what: &'static str) -> Result<u8, Error> {
     let v = r.u8()?;
     if v > 1 {
@@ -298,12 +293,50 @@ fn flag(r: &mut Reader, rule: &'static str, what: &'static str) -> Result<u8, Er
 }
 
 macro_rules! set_once {
-    ($slot:expr, $value:expr, $what:literal) => {{
+    ($rule:expr, $slot:expr, $value:expr, $what:literal) => {{
         if $slot.is_some() {
-            return Err(duplicate(concat!($what, " included more than once")));
+            return Err(Error::protocol(
+                $rule,
+                concat!($what, " included more than once"),
+            ));
         }
         $slot = Some($value);
     }};
+}
+
+/// The section that says "It is a Protocol Error to include the … more than once" for a
+/// property (the statements are unnumbered). PUBLISH's own sections are silent for some; the
+/// will sections that share those properties are cited.
+fn duplicate_rule(id: u8) -> &'static str {
+    match id {
+        id::PAYLOAD_FORMAT_INDICATOR => "§3.1.3.2.3",
+        id::MESSAGE_EXPIRY_INTERVAL => "§3.1.3.2.4",
+        id::CONTENT_TYPE => "§3.3.2.3.9",
+        id::RESPONSE_TOPIC => "§3.3.2.3.5",
+        id::CORRELATION_DATA => "§3.3.2.3.6",
+        id::SUBSCRIPTION_IDENTIFIER => "§3.8.2.1.2",
+        id::SESSION_EXPIRY_INTERVAL => "§3.1.2.11.2",
+        id::ASSIGNED_CLIENT_IDENTIFIER => "§3.2.2.3.7",
+        id::SERVER_KEEP_ALIVE => "§3.2.2.3.14",
+        id::AUTHENTICATION_METHOD => "§3.1.2.11.9",
+        id::AUTHENTICATION_DATA => "§3.1.2.11.10",
+        id::REQUEST_PROBLEM_INFORMATION => "§3.1.2.11.7",
+        id::WILL_DELAY_INTERVAL => "§3.1.3.2.2",
+        id::REQUEST_RESPONSE_INFORMATION => "§3.1.2.11.6",
+        id::RESPONSE_INFORMATION => "§3.2.2.3.15",
+        id::SERVER_REFERENCE => "§3.2.2.3.16",
+        id::REASON_STRING => "§3.2.2.3.9",
+        id::RECEIVE_MAXIMUM => "§3.1.2.11.3",
+        id::TOPIC_ALIAS_MAXIMUM => "§3.1.2.11.5",
+        id::TOPIC_ALIAS => "§3.3.2.3.4",
+        id::MAXIMUM_QOS => "§3.2.2.3.4",
+        id::RETAIN_AVAILABLE => "§3.2.2.3.5",
+        id::MAXIMUM_PACKET_SIZE => "§3.1.2.11.4",
+        id::WILDCARD_SUBSCRIPTION_AVAILABLE => "§3.2.2.3.11",
+        id::SUBSCRIPTION_IDENTIFIER_AVAILABLE => "§3.2.2.3.12",
+        id::SHARED_SUBSCRIPTION_AVAILABLE => "§3.2.2.3.13",
+        _ => "§2.2.2.2",
+    }
 }
 
 impl Properties {
@@ -337,8 +370,10 @@ impl Properties {
                     "property identifier not valid for this packet",
                 ));
             }
+            let dup_rule = duplicate_rule(id);
             match id {
                 id::PAYLOAD_FORMAT_INDICATOR => set_once!(
+                    dup_rule,
                     p.payload_format_indicator,
                     flag(
                         &mut r,
@@ -349,21 +384,29 @@ impl Properties {
                 ),
                 id::MESSAGE_EXPIRY_INTERVAL => {
                     set_once!(
+                        dup_rule,
                         p.message_expiry_interval,
                         r.u32()?,
                         "message expiry interval"
                     )
                 }
-                id::CONTENT_TYPE => set_once!(p.content_type, r.string()?, "content type"),
+                id::CONTENT_TYPE => {
+                    set_once!(dup_rule, p.content_type, r.string()?, "content type")
+                }
                 id::RESPONSE_TOPIC => {
                     let t = r.string()?;
                     super::topic::validate_topic_name(t.as_bytes()).map_err(|_| {
                         Error::protocol("MQTT-3.3.2-14", "response topic is not a valid topic name")
                     })?;
-                    set_once!(p.response_topic, t, "response topic")
+                    set_once!(dup_rule, p.response_topic, t, "response topic")
                 }
                 id::CORRELATION_DATA => {
-                    set_once!(p.correlation_data, r.binary()?, "correlation data")
+                    set_once!(
+                        dup_rule,
+                        p.correlation_data,
+                        r.binary()?,
+                        "correlation data"
+                    )
                 }
                 id::SUBSCRIPTION_IDENTIFIER => {
                     let v = r.varint()?;
@@ -376,36 +419,48 @@ impl Properties {
                     if ctx == PropertyContext::Packet(PacketType::Subscribe)
                         && !p.subscription_identifiers.is_empty()
                     {
-                        return Err(duplicate("subscription identifier included more than once"));
+                        return Err(Error::protocol(
+                            dup_rule,
+                            "subscription identifier included more than once",
+                        ));
                     }
                     p.subscription_identifiers.push(v);
                 }
                 id::SESSION_EXPIRY_INTERVAL => {
                     set_once!(
+                        dup_rule,
                         p.session_expiry_interval,
                         r.u32()?,
                         "session expiry interval"
                     )
                 }
                 id::ASSIGNED_CLIENT_IDENTIFIER => set_once!(
+                    dup_rule,
                     p.assigned_client_identifier,
                     r.string()?,
                     "assigned client identifier"
                 ),
                 id::SERVER_KEEP_ALIVE => {
-                    set_once!(p.server_keep_alive, r.u16()?, "server keep alive")
+                    set_once!(dup_rule, p.server_keep_alive, r.u16()?, "server keep alive")
                 }
                 id::AUTHENTICATION_METHOD => {
                     set_once!(
+                        dup_rule,
                         p.authentication_method,
                         r.string()?,
                         "authentication method"
                     )
                 }
                 id::AUTHENTICATION_DATA => {
-                    set_once!(p.authentication_data, r.binary()?, "authentication data")
+                    set_once!(
+                        dup_rule,
+                        p.authentication_data,
+                        r.binary()?,
+                        "authentication data"
+                    )
                 }
                 id::REQUEST_PROBLEM_INFORMATION => set_once!(
+                    dup_rule,
                     p.request_problem_information,
                     flag(
                         &mut r,
@@ -415,9 +470,15 @@ impl Properties {
                     "request problem information"
                 ),
                 id::WILL_DELAY_INTERVAL => {
-                    set_once!(p.will_delay_interval, r.u32()?, "will delay interval")
+                    set_once!(
+                        dup_rule,
+                        p.will_delay_interval,
+                        r.u32()?,
+                        "will delay interval"
+                    )
                 }
                 id::REQUEST_RESPONSE_INFORMATION => set_once!(
+                    dup_rule,
                     p.request_response_information,
                     flag(
                         &mut r,
@@ -427,21 +488,38 @@ impl Properties {
                     "request response information"
                 ),
                 id::RESPONSE_INFORMATION => {
-                    set_once!(p.response_information, r.string()?, "response information")
+                    set_once!(
+                        dup_rule,
+                        p.response_information,
+                        r.string()?,
+                        "response information"
+                    )
                 }
                 id::SERVER_REFERENCE => {
-                    set_once!(p.server_reference, r.string()?, "server reference")
+                    set_once!(
+                        dup_rule,
+                        p.server_reference,
+                        r.string()?,
+                        "server reference"
+                    )
                 }
-                id::REASON_STRING => set_once!(p.reason_string, r.string()?, "reason string"),
+                id::REASON_STRING => {
+                    set_once!(dup_rule, p.reason_string, r.string()?, "reason string")
+                }
                 id::RECEIVE_MAXIMUM => {
                     let v = r.u16()?;
                     if v == 0 {
                         return Err(Error::protocol("§3.1.2.11.3", "receive maximum of 0"));
                     }
-                    set_once!(p.receive_maximum, v, "receive maximum")
+                    set_once!(dup_rule, p.receive_maximum, v, "receive maximum")
                 }
                 id::TOPIC_ALIAS_MAXIMUM => {
-                    set_once!(p.topic_alias_maximum, r.u16()?, "topic alias maximum")
+                    set_once!(
+                        dup_rule,
+                        p.topic_alias_maximum,
+                        r.u16()?,
+                        "topic alias maximum"
+                    )
                 }
                 id::TOPIC_ALIAS => {
                     let v = r.u16()?;
@@ -452,14 +530,16 @@ impl Properties {
                             super::reason::ReasonCode::TOPIC_ALIAS_INVALID,
                         ));
                     }
-                    set_once!(p.topic_alias, v, "topic alias")
+                    set_once!(dup_rule, p.topic_alias, v, "topic alias")
                 }
                 id::MAXIMUM_QOS => set_once!(
+                    dup_rule,
                     p.maximum_qos,
                     flag(&mut r, "§3.2.2.3.4", "maximum QoS other than 0 or 1")?,
                     "maximum QoS"
                 ),
                 id::RETAIN_AVAILABLE => set_once!(
+                    dup_rule,
                     p.retain_available,
                     flag(&mut r, "§3.2.2.3.5", "retain available other than 0 or 1")?,
                     "retain available"
@@ -474,9 +554,10 @@ impl Properties {
                     if v == 0 {
                         return Err(Error::protocol("§3.1.2.11.4", "maximum packet size of 0"));
                     }
-                    set_once!(p.maximum_packet_size, v, "maximum packet size")
+                    set_once!(dup_rule, p.maximum_packet_size, v, "maximum packet size")
                 }
                 id::WILDCARD_SUBSCRIPTION_AVAILABLE => set_once!(
+                    dup_rule,
                     p.wildcard_subscription_available,
                     flag(
                         &mut r,
@@ -486,6 +567,7 @@ impl Properties {
                     "wildcard subscription available"
                 ),
                 id::SUBSCRIPTION_IDENTIFIER_AVAILABLE => set_once!(
+                    dup_rule,
                     p.subscription_identifier_available,
                     flag(
                         &mut r,
@@ -495,6 +577,7 @@ impl Properties {
                     "subscription identifier available"
                 ),
                 id::SHARED_SUBSCRIPTION_AVAILABLE => set_once!(
+                    dup_rule,
                     p.shared_subscription_available,
                     flag(
                         &mut r,
