@@ -6,6 +6,10 @@
 //!   flags that override it.
 //! - [`protocol`]: the codec and protocol rules. No I/O, no clock: bytes and `now` in,
 //!   packets, bytes and deadlines out.
+//! - [`index`]: each shard's own subscription index (exact filters in a hash map, wildcard
+//!   filters in an arena trie), which a publish is matched against on every interested shard.
+//! - [`shard`]: shard threads (pinned, io_uring with epoll fallback) and their SO_REUSEPORT
+//!   listeners.
 //!
 //! Later layers (shards, mesh rings, routes, transports, store, cluster) build on it.
 
@@ -13,7 +17,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod index;
 pub mod protocol;
+pub mod shard;
 
 /// The README's examples are compiled and run as doctests.
 #[doc = include_str!("../README.md")]

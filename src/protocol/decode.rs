@@ -192,13 +192,13 @@ fn auth(r: &mut Reader, version: Version) -> Result<Auth, Error> {
         ));
     }
     let (reason, properties) = reason_and_properties(r, version, PacketType::Auth)?;
-    if reason != ReasonCode::SUCCESS || !properties.is_empty() {
-        if properties.authentication_method.is_none() {
-            return Err(Error::protocol(
-                "§3.15.2.2.2",
-                "AUTH without an authentication method",
-            ));
-        }
+    if (reason != ReasonCode::SUCCESS || !properties.is_empty())
+        && properties.authentication_method.is_none()
+    {
+        return Err(Error::protocol(
+            "§3.15.2.2.2",
+            "AUTH without an authentication method",
+        ));
     }
     Ok(Auth { reason, properties })
 }
