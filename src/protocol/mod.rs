@@ -12,6 +12,7 @@
 //!  packet      the fifteen control packets as data
 //!  decode      bytes → Packet, incremental, zero-copy
 //!  encode      Packet → bytes, for 3.1, 3.1.1 or 5.0
+//!  inflight    QoS 1/2 windows: packet ids out, QoS 2 ids awaiting PUBREL in
 //! ```
 //!
 //! One codec serves the three protocol versions (3 = "MQIsdp" 3.1, 4 = 3.1.1, 5 = 5.0); the
@@ -26,6 +27,7 @@ pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod header;
+pub mod inflight;
 pub mod packet;
 pub mod properties;
 pub mod reason;
