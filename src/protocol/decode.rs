@@ -294,7 +294,7 @@ fn connect(r: &mut Reader) -> Result<Connect, Error> {
         } else {
             Properties::new()
         };
-        let topic = r.string()?.into_bytes();
+        let topic = r.binary()?;
         topic::validate_topic_name(&topic)
             .map_err(|e| Error::with_reason(e.rule, e.what, ReasonCode::TOPIC_NAME_INVALID))?;
         let payload = r.binary()?;
@@ -374,9 +374,10 @@ fn conn_ack(r: &mut Reader, version: Version) -> Result<ConnAck, Error> {
 fn subscribe(r: &mut Reader, version: Version) -> Result<Subscribe, Error> {
     let packet_id = packet_id(r)?;
     let properties = properties(r, version, PacketType::Subscribe)?;
-    let mut filters = Vec::with_capacity(1);
+    let mut filters = Vec::with_capacity(4);
     while !r.is_empty() {
-        let filter = r.string()?.into_bytes();
+        // validate_topic_filter checks the UTF-8 rules too: read the field as binary.
+        let filter = r.binary()?;
         topic::validate_topic_filter(&filter)?;
         let o = r.u8()?;
         let options = if version.is_v5() {
@@ -467,9 +468,9 @@ fn sub_ack(r: &mut Reader, version: Version) -> Result<SubAck, Error> {
 fn unsubscribe(r: &mut Reader, version: Version) -> Result<Unsubscribe, Error> {
     let packet_id = packet_id(r)?;
     let properties = properties(r, version, PacketType::Unsubscribe)?;
-    let mut filters = Vec::with_capacity(1);
+    let mut filters = Vec::with_capacity(4);
     while !r.is_empty() {
-        let filter = r.string()?.into_bytes();
+        let filter = r.binary()?;
         topic::validate_topic_filter(&filter)?;
         filters.push(TopicFilter::new_unchecked(filter));
     }

@@ -48,9 +48,25 @@ pub(super) fn load(chunk: &[u8]) -> u64 {
 /// that it can never raise a flag.
 #[inline(always)]
 pub(super) fn load_tail(tail: &[u8], fill: u8) -> u64 {
-    let mut a = [fill; 8];
-    a[..tail.len()].copy_from_slice(tail);
-    u64::from_le_bytes(a)
+    // Two overlapping fixed-size loads instead of a variable-length copy through the stack,
+    // which would defeat store-to-load forwarding on the hot path.
+    let n = tail.len();
+    debug_assert!(n < 8);
+    let v = if n >= 4 {
+        let lo = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as u64;
+        let hi = u32::from_le_bytes([tail[n - 4], tail[n - 3], tail[n - 2], tail[n - 1]]) as u64;
+        lo | hi << (8 * (n - 4))
+    } else if n >= 2 {
+        let lo = u16::from_le_bytes([tail[0], tail[1]]) as u64;
+        let hi = u16::from_le_bytes([tail[n - 2], tail[n - 1]]) as u64;
+        lo | hi << (8 * (n - 2))
+    } else if n == 1 {
+        tail[0] as u64
+    } else {
+        0
+    };
+    let mask = (1u64 << (8 * n)) - 1;
+    (v & mask) | (u64::from_le_bytes([fill; 8]) & !mask)
 }
 
 /// Checks that `b` is an MQTT UTF-8 Encoded String's character data: well-formed UTF-8
