@@ -31,6 +31,10 @@ else
   cargo test --locked
 fi
 
+step "loom models of the mesh ring and doorbell"
+LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+  cargo test --locked --release --lib mesh
+
 if [ "$quick" = 1 ]; then
   echo "(fuzz smoke run skipped: --quick)"
   exit 0

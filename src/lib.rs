@@ -10,6 +10,8 @@
 //!   filters in an arena trie), which a publish is matched against on every interested shard.
 //! - [`shard`]: shard threads (pinned, io_uring with epoll fallback) and their SO_REUSEPORT
 //!   listeners.
+//! - [`mesh`]: the lock-free SPSC rings between shards (one per ordered pair, batched
+//!   publishes) and the doorbell that wakes a parked shard once per idle → busy transition.
 //!
 //! Later layers (shards, mesh rings, routes, transports, store, cluster) build on it.
 
@@ -18,6 +20,7 @@
 pub mod cli;
 pub mod config;
 pub mod index;
+pub mod mesh;
 pub mod protocol;
 pub mod shard;
 

@@ -405,7 +405,10 @@ mod tests {
             assert_eq!(w.puback(id), AckOutcome::Completed(Some(m)));
             assert!(w.entries.len() <= 8);
         }
-        assert_eq!(w.replay().map(|(id, _, _)| id).collect::<Vec<_>>(), vec![stuck]);
+        assert_eq!(
+            w.replay().map(|(id, _, _)| id).collect::<Vec<_>>(),
+            vec![stuck]
+        );
     }
 
     #[test]
