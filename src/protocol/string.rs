@@ -121,6 +121,60 @@ const MAX_LEN: usize = u16::MAX as usize;
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct Str(Bytes);
 
+/// The accessors and formatting shared by the validated `Bytes` newtypes ([`Str`],
+/// [`TopicName`](super::topic::TopicName), [`TopicFilter`](super::topic::TopicFilter)); each
+/// type keeps its own constructors and `as_str` (with its own safety argument).
+macro_rules! bytes_newtype {
+    ($t:ident) => {
+        impl $t {
+            /// The bytes.
+            #[inline]
+            pub fn as_bytes(&self) -> &[u8] {
+                &self.0
+            }
+
+            /// The underlying [`Bytes`].
+            #[inline]
+            pub fn bytes(&self) -> &Bytes {
+                &self.0
+            }
+
+            /// The underlying [`Bytes`], by value.
+            #[inline]
+            pub fn into_bytes(self) -> Bytes {
+                self.0
+            }
+
+            /// The length in bytes.
+            #[inline]
+            pub fn len(&self) -> usize {
+                self.0.len()
+            }
+
+            /// Whether it is empty.
+            #[inline]
+            pub fn is_empty(&self) -> bool {
+                self.0.is_empty()
+            }
+        }
+
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(self.as_str(), f)
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(super) use bytes_newtype;
+
+bytes_newtype!(Str);
+
 impl Str {
     /// Validates `b` ([`validate_utf8`] and the 65 535-byte limit of §1.5.4).
     ///
@@ -169,48 +223,6 @@ impl Str {
         // `new_unchecked`'s contract (asserted in debug builds) requires it of its callers.
         // `Bytes` is immutable and the field is private, so nothing changes them afterwards.
         unsafe { core::str::from_utf8_unchecked(&self.0) }
-    }
-
-    /// The encoded bytes, without the length prefix.
-    #[inline]
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// The underlying [`Bytes`].
-    #[inline]
-    pub fn bytes(&self) -> &Bytes {
-        &self.0
-    }
-
-    /// The underlying [`Bytes`], by value.
-    #[inline]
-    pub fn into_bytes(self) -> Bytes {
-        self.0
-    }
-
-    /// The length in bytes.
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether the string is empty.
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Str {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl fmt::Display for Str {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

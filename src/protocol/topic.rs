@@ -246,6 +246,8 @@ pub fn matches(filter: &[u8], topic: &[u8]) -> bool {
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct TopicName(Bytes);
 
+super::string::bytes_newtype!(TopicName);
+
 impl TopicName {
     /// Validates `b` as a Topic Name.
     ///
@@ -290,12 +292,6 @@ impl TopicName {
         Self(b)
     }
 
-    /// The name as bytes.
-    #[inline]
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
     /// The name.
     #[inline]
     pub fn as_str(&self) -> &str {
@@ -304,42 +300,6 @@ impl TopicName {
         // through `new`, `Default` is empty, and `new_unchecked`'s contract (asserted in debug
         // builds) requires it of its callers. `Bytes` is immutable and the field is private.
         unsafe { core::str::from_utf8_unchecked(&self.0) }
-    }
-
-    /// The underlying [`Bytes`].
-    #[inline]
-    pub fn bytes(&self) -> &Bytes {
-        &self.0
-    }
-
-    /// The underlying [`Bytes`], by value.
-    #[inline]
-    pub fn into_bytes(self) -> Bytes {
-        self.0
-    }
-
-    /// The length in bytes.
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether the name is empty (only the [`Default`] value of an aliased PUBLISH is).
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for TopicName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl fmt::Display for TopicName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -355,6 +315,8 @@ impl From<&'static str> for TopicName {
 /// Valid as [`validate_topic_filter`] says and at most 65 535 bytes.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TopicFilter(Bytes);
+
+super::string::bytes_newtype!(TopicFilter);
 
 impl TopicFilter {
     /// Validates `b` as a Topic Filter.
@@ -400,12 +362,6 @@ impl TopicFilter {
         Self(b)
     }
 
-    /// The filter as bytes, with any `$share/{ShareName}/` prefix.
-    #[inline]
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
     /// The filter, with any `$share/{ShareName}/` prefix.
     #[inline]
     pub fn as_str(&self) -> &str {
@@ -414,30 +370,6 @@ impl TopicFilter {
         // through `new`, and `new_unchecked`'s contract (asserted in debug builds) requires it
         // of its callers. `Bytes` is immutable and the field is private.
         unsafe { core::str::from_utf8_unchecked(&self.0) }
-    }
-
-    /// The underlying [`Bytes`].
-    #[inline]
-    pub fn bytes(&self) -> &Bytes {
-        &self.0
-    }
-
-    /// The underlying [`Bytes`], by value.
-    #[inline]
-    pub fn into_bytes(self) -> Bytes {
-        self.0
-    }
-
-    /// The length in bytes.
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether the filter is empty (a validated one never is).
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     /// For a shared subscription, its ShareName and the filter it shares.
@@ -459,18 +391,6 @@ impl TopicFilter {
     /// Whether the filter holds a `+` or `#`.
     pub fn has_wildcards(&self) -> bool {
         self.0.iter().any(|&c| c == b'+' || c == b'#')
-    }
-}
-
-impl fmt::Debug for TopicFilter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl fmt::Display for TopicFilter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
