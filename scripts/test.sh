@@ -32,7 +32,7 @@ else
 fi
 
 step "loom models of the mesh ring and doorbell"
-LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg shardmq_loom" CARGO_TARGET_DIR=target/loom \
   cargo test --locked --release --lib mesh
 
 if [ "$quick" = 1 ]; then

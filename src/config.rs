@@ -25,6 +25,8 @@ pub struct Config {
     pub io_driver: IoDriver,
     /// Log filter, e.g. `info` or `shardmq=debug`.
     pub log_level: String,
+    /// Queue QoS 0 messages for offline persistent sessions too (QoS 1 and 2 always are).
+    pub queue_qos0_offline: bool,
     /// Every bound the broker enforces.
     pub limits: Limits,
 }
@@ -38,6 +40,7 @@ impl Default for Config {
             pin: true,
             io_driver: IoDriver::Auto,
             log_level: "info".into(),
+            queue_qos0_offline: false,
             limits: Limits::default(),
         }
     }
@@ -161,7 +164,19 @@ impl Config {
             );
         }
         if let Some(c) = &self.cores {
-            parse_cores(c).map_err(|e| format!("cores: {e}"))?;
+            let list = parse_cores(c).map_err(|e| format!("cores: {e}"))?;
+            if list.len() > 64 {
+                return Err(format!(
+                    "cores: {} cores listed; shardmq runs at most 64 shards",
+                    list.len()
+                ));
+            }
+        }
+        if self.shards > 64 {
+            return Err(format!(
+                "shards: {} requested; shardmq runs at most 64 shards",
+                self.shards
+            ));
         }
         let l = &self.limits;
         if l.max_packet_size < 128 {

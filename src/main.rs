@@ -1,4 +1,4 @@
-//! The `shardmq` binary: parse flags, load the config, run.
+//! The `shardmq` binary: parse flags, load the config, start the shards, run.
 
 use clap::Parser;
 use shardmq::cli::{Cli, Command};
@@ -23,17 +23,36 @@ fn main() {
         },
         None => {
             let config = cli.effective_config().unwrap_or_else(|e| fail(&e));
-            eprintln!(
-                "shardmq {}: the broker runtime is not built yet (codec only); config is valid: {} listener(s), {} shard(s)",
-                env!("CARGO_PKG_VERSION"),
-                config.listen.len(),
-                config
-                    .shard_cores(std::thread::available_parallelism().map_or(1, |n| n.get()))
-                    .len()
-            );
-            std::process::exit(1);
+            init_logging(&config.log_level);
+            tracing::info!("shardmq {} starting", env!("CARGO_PKG_VERSION"));
+            match shardmq::shard::run::start(config) {
+                Ok(broker) => {
+                    for t in broker.threads {
+                        let _ = t.join();
+                    }
+                    // A shard thread only ends by panicking: fail loudly.
+                    eprintln!("shardmq: a shard stopped unexpectedly");
+                    std::process::exit(1);
+                }
+                Err(e) => {
+                    eprintln!("shardmq: {e}");
+                    std::process::exit(1);
+                }
+            }
         }
     }
+}
+
+/// Logs to stderr with the configured filter (`RUST_LOG` overrides it).
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|e| fail(&format!("log_level {level:?}: {e}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 /// Prints one error line and exits with status 2.

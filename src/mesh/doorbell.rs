@@ -179,7 +179,7 @@ impl<W> fmt::Debug for Doorbell<W> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(shardmq_loom)))]
 mod tests {
     use super::*;
     use crate::mesh::channel;
@@ -353,7 +353,7 @@ mod tests {
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, shardmq_loom))]
 mod loom_tests {
     use super::*;
     use crate::mesh::channel;

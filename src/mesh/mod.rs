@@ -29,17 +29,17 @@
 //! # Checking the ordering with loom
 //!
 //! The ring's slot hand-off and the doorbell's lost-wakeup race are model-checked with loom
-//! (the atomics come from `sync.rs`, which picks loom's under `--cfg loom`):
+//! (the atomics come from `sync.rs`, which picks loom's under `--cfg shardmq_loom`):
 //!
 //! ```text
-//! LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg loom" \
+//! LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg shardmq_loom" \
 //!     cargo test --release --lib mesh -- --nocapture
 //! ```
 //!
 //! `--nocapture` prints how many interleavings each model explored. With
 //! `LOOM_MAX_PREEMPTIONS=2` the five models explore 18 to ~400 interleavings each, well under
 //! a second in all. Without the bound loom explores every interleaving: up to ~180 000 for
-//! one model, about 30 s in all on two cores. The first `--cfg loom` build recompiles
+//! one model, about 30 s in all on two cores. The first `--cfg shardmq_loom` build recompiles
 //! every dependency (a few minutes), and only test builds have the `loom` dependency, so plain
 //! `cargo build` with that flag fails by design. Removing either `SeqCst` fence of the
 //! doorbell, or weakening any `Acquire`/`Release` of the ring's hand-off (the `tail` store in
@@ -47,8 +47,10 @@
 //! `Relaxed`, makes a model fail.
 
 pub mod doorbell;
+pub mod envelope;
 pub mod ring;
 mod sync;
 
 pub use doorbell::{Doorbell, Park, Wake};
+pub use envelope::Envelope;
 pub use ring::{Consumer, FlushOutcome, Producer, channel};

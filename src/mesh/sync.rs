@@ -1,7 +1,7 @@
 //! The synchronisation primitives the mesh is built on, picked by `cfg`.
 //!
 //! Owns nothing at run time: it only re-exports. Normal builds get `std`'s atomics, `Arc` and
-//! an [`UnsafeCell`] wrapper; builds with `RUSTFLAGS="--cfg loom"` get loom's model-checked
+//! an [`UnsafeCell`] wrapper; builds with `RUSTFLAGS="--cfg shardmq_loom"` get loom's model-checked
 //! versions of the same names, so [`super::ring`] and [`super::doorbell`] are written once and
 //! checked by loom unchanged (see [`super`] for the command). Both sides of every ring (the
 //! producer shard and the consumer shard) use these types.
@@ -10,24 +10,24 @@
 //! track it, so it offers `with`/`with_mut` closures instead. The wrapper below gives the `std`
 //! cell the same closure API, and the ring uses only that.
 
-#[cfg(loom)]
+#[cfg(shardmq_loom)]
 pub(crate) use loom::cell::UnsafeCell;
-#[cfg(loom)]
+#[cfg(shardmq_loom)]
 pub(crate) use loom::sync::Arc;
-#[cfg(loom)]
+#[cfg(shardmq_loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 
-#[cfg(not(loom))]
+#[cfg(not(shardmq_loom))]
 pub(crate) use std::sync::Arc;
-#[cfg(not(loom))]
+#[cfg(not(shardmq_loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 
 /// `std::cell::UnsafeCell` with loom's closure-based access API.
-#[cfg(not(loom))]
+#[cfg(not(shardmq_loom))]
 #[derive(Debug)]
 pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
 
-#[cfg(not(loom))]
+#[cfg(not(shardmq_loom))]
 impl<T> UnsafeCell<T> {
     /// Wraps `value`.
     pub(crate) const fn new(value: T) -> Self {
@@ -44,7 +44,7 @@ impl<T> UnsafeCell<T> {
 
 /// Runs `f` under loom (`loom::model`, which reads `LOOM_MAX_PREEMPTIONS` and friends from the
 /// environment) and prints how many interleavings it explored and how long that took.
-#[cfg(all(test, loom))]
+#[cfg(all(test, shardmq_loom))]
 pub(crate) fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
     use std::sync::atomic::{AtomicUsize as Count, Ordering::Relaxed};
     let runs = std::sync::Arc::new(Count::new(0));

@@ -107,19 +107,61 @@ impl Publish {
     /// Appends this PUBLISH to `out`.
     #[inline]
     pub fn encode(&self, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {
-        let (body, props) = self.body_len(version)?;
+        self.encode_as(
+            version,
+            Delivery {
+                dup: self.dup,
+                qos: self.qos,
+                retain: self.retain,
+                packet_id: self.packet_id,
+            },
+            out,
+        )
+    }
+
+    /// Appends this message to `out` as one subscriber receives it: with that delivery's DUP,
+    /// QoS, RETAIN and packet identifier in place of the message's own, so one shared message
+    /// is encoded for many subscribers without being copied.
+    #[inline]
+    pub fn encode_as(
+        &self,
+        version: Version,
+        d: Delivery,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let props = props_len(
+            &self.properties,
+            version,
+            PropertyContext::Packet(PacketType::Publish),
+        )?;
+        let id = if d.qos == QoS::AtMostOnce { 0 } else { 2 };
+        let body = 2 + self.topic.len() + id + props.total + self.payload.len();
         if self.topic.len() > u16::MAX as usize {
             return Err(EncodeError::FieldTooLong);
         }
-        fixed_header(out, self.byte0(), body)?;
+        let byte0 = 0x30 | ((d.dup as u8) << 3) | ((d.qos as u8) << 1) | d.retain as u8;
+        fixed_header(out, byte0, body)?;
         put_binary(out, self.topic.as_bytes())?;
-        if self.qos != QoS::AtMostOnce {
-            out.put_u16(nonzero(self.packet_id)?);
+        if d.qos != QoS::AtMostOnce {
+            out.put_u16(nonzero(d.packet_id)?);
         }
         write_props(out, &self.properties, version, props)?;
         out.put_slice(&self.payload);
         Ok(())
     }
+}
+
+/// The per-subscriber header fields of an outgoing PUBLISH (see [`Publish::encode_as`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// DUP: a retransmission.
+    pub dup: bool,
+    /// The QoS this subscriber gets (the message's, downgraded to the granted QoS).
+    pub qos: QoS,
+    /// RETAIN as this subscriber sees it (set when sent because of a new subscription).
+    pub retain: bool,
+    /// Packet identifier; ignored for QoS 0.
+    pub packet_id: u16,
 }
 
 /// The 5.0 tail of acknowledgements, DISCONNECT and AUTH: omitted entirely when the reason is

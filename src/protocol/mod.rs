@@ -13,6 +13,7 @@
 //!  decode      bytes → Packet, incremental, zero-copy
 //!  encode      Packet → bytes, for 3.1, 3.1.1 or 5.0
 //!  inflight    QoS 1/2 windows: packet ids out, QoS 2 ids awaiting PUBREL in
+//!  session     one client's session as a state machine: packets in, bytes and actions out
 //! ```
 //!
 //! One codec serves the three protocol versions (3 = "MQIsdp" 3.1, 4 = 3.1.1, 5 = 5.0); the
@@ -31,6 +32,7 @@ pub mod inflight;
 pub mod packet;
 pub mod properties;
 pub mod reason;
+pub mod session;
 pub mod string;
 pub mod topic;
 pub mod varint;

@@ -6,9 +6,17 @@
 //! - [`listen`]: per-shard SO_REUSEPORT listeners, bound on the main thread, refusing a port
 //!   another process already holds;
 //! - [`spawn`]: shard threads pinned before their runtime is built, with an explicit
-//!   io_uring → epoll fallback.
-//!
-//! The connection task, delivery and the keepalive wheel are built on these next.
+//!   io_uring → epoll fallback;
+//! - [`run`]: the broker's start (mesh rings, shard threads) and each shard's accept loops,
+//!   mesh pump and keep alive ticker;
+//! - [`state`]: one shard's sessions, index, retained replica, directory partition and mesh
+//!   endpoints, and the routing and takeover logic over them;
+//! - [`conn`]: a connection's reader and writer tasks;
+//! - [`wheel`]: the per-shard keep alive wheel.
 
+pub mod conn;
 pub mod listen;
+pub mod run;
 pub mod spawn;
+pub mod state;
+pub mod wheel;

@@ -1,0 +1,80 @@
+//! What shards send each other over the mesh rings.
+//!
+//! Publishes (one `Arc` per interested shard, matched again against the receiver's own
+//! index), retained-message updates (every shard keeps a replica), and the client-id
+//! directory protocol that keeps one owner per session (DESIGN.md, "Sessions and client-id
+//! takeover"):
+//!
+//! ```text
+//!  connecting shard S          directory shard D = hash(id) % N        owner shard O
+//!   Claim{id, S, token} ──────► records (S, token) as the owner
+//!                               no previous owner: Handoff{token, None} ──► S
+//!                               previous owner O:  Takeover{..} ──────────► O
+//!                                                                           kicks the old
+//!                                                                           connection (0x8E),
+//!   ◄────────────────────────────────────── Handoff{token, session} ────── ships the session
+//!   CONNACK (session present = the handoff carried one)                     (None if clean)
+//!   ...
+//!   session ends (clean) ── Release{id, token} ──► D forgets it if the token still matches
+//! ```
+//!
+//! Built on the connecting or publishing shard, consumed on the receiving shard.
+
+use crate::protocol::Str;
+use crate::protocol::session::{Message, Session};
+
+/// One message between shards.
+#[derive(Debug)]
+pub enum Envelope {
+    /// A publish for the receiver's local subscribers.
+    Publish(Message),
+    /// Set (or, with an empty payload, delete) a retained message in the receiver's replica.
+    Retain(Message),
+    /// To the directory shard: `shard` wants to own `client_id` for connection `token`.
+    Claim {
+        /// The client identifier.
+        client_id: Str,
+        /// The connecting shard.
+        shard: usize,
+        /// The connecting connection.
+        token: u64,
+        /// The new connection starts clean (discard any existing session).
+        clean: bool,
+    },
+    /// To the current owner: give the session of `client_id` to `shard` / `token`.
+    Takeover {
+        /// The client identifier.
+        client_id: Str,
+        /// The new owner shard.
+        shard: usize,
+        /// The new owner connection.
+        token: u64,
+        /// The connection the directory knew as owner until now.
+        old_token: u64,
+        /// Discard the session instead of shipping it.
+        clean: bool,
+    },
+    /// To the connecting shard: the claim of connection `token` is granted, with the existing
+    /// session if there is one to resume.
+    Handoff {
+        /// The connection the grant is for.
+        token: u64,
+        /// The session to resume.
+        session: Option<Box<Session>>,
+    },
+    /// To the directory shard: the session of `client_id` owned by `token` has ended.
+    Release {
+        /// The client identifier.
+        client_id: Str,
+        /// The connection that owned it.
+        token: u64,
+    },
+}
+
+impl Envelope {
+    /// Whether the envelope may be dropped when its ring and overflow are full: only QoS 0
+    /// publishes may (counted); everything else carries state that must arrive.
+    pub fn droppable(&self) -> bool {
+        matches!(self, Envelope::Publish(m) if m.qos == crate::protocol::QoS::AtMostOnce)
+    }
+}

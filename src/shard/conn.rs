@@ -1,0 +1,424 @@
+//! One client connection: a reader task and a writer task on the shard that accepted it.
+//!
+//! - The **reader** reads into the free tail of its buffer (`slice_mut(len..capacity)`: monoio
+//!   would otherwise read over unparsed bytes at offset 0), decodes every whole frame, lets the
+//!   session handle each, applies the resulting actions, and flushes the mesh once per read, so
+//!   a burst of publishes becomes one batch per destination shard. A connection whose buffer
+//!   is empty after light traffic reads into a small buffer, so an idle connection pins
+//!   [`IDLE_BUFFER`] bytes, not a full read buffer, under its pending read.
+//! - The **writer** sleeps until its session's transmit buffer holds bytes, swaps it with its
+//!   spare buffer and sends everything in one `write_all`: all frames encoded during one loop
+//!   turn go out in one send (TCP_NODELAY is on, so batching happens here, not in Nagle).
+//!
+//! Closing from outside (keep alive expiry, takeover, a write error) shuts the socket's read
+//! side down, which ends the pending read with EOF on both io_uring and epoll; a read is never
+//! raced against a timer and dropped. The writer sends what is left (a 5.0 DISCONNECT, say),
+//! then shuts the write side.
+//!
+//! Runs on the shard that accepted the socket, for the connection's whole life.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::buf::IoBufMut;
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
+use monoio::net::TcpStream;
+
+use super::state::Shard;
+use super::wheel::Watched;
+use crate::protocol::session::{Session, check_connect, encode_refusal};
+use crate::protocol::{Connect, Packet, ReasonCode, Str, Version, decode};
+
+/// Read buffer of a connection that has gone quiet (bytes).
+pub const IDLE_BUFFER: usize = 256;
+/// A spare write buffer larger than this is released after a write (bytes).
+const KEEP_WRITE_BUFFER: usize = 64 * 1024;
+
+/// What the shard and the connection's two tasks share.
+pub struct ConnShared {
+    /// Names the connection broker-wide (the directory records it).
+    pub token: u64,
+    fd: RawFd,
+    /// The session slot once the connection owns a session.
+    pub slot: Cell<Option<usize>>,
+    heard: Cell<Option<u32>>,
+    grace: Cell<u32>,
+    closing: Cell<bool>,
+    writer: Cell<Option<Waker>>,
+    reader: Cell<Option<Waker>>,
+    granted: RefCell<Option<Option<Box<Session>>>>,
+    leftover: RefCell<BytesMut>,
+}
+
+impl std::fmt::Debug for ConnShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnShared")
+            .field("token", &self.token)
+            .field("slot", &self.slot.get())
+            .field("closing", &self.closing.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnShared {
+    fn new(token: u64, fd: RawFd, now: u32, grace: u32) -> Self {
+        Self {
+            token,
+            fd,
+            slot: Cell::new(None),
+            heard: Cell::new(Some(now)),
+            grace: Cell::new(grace),
+            closing: Cell::new(false),
+            writer: Cell::new(None),
+            reader: Cell::new(None),
+            granted: RefCell::new(None),
+            leftover: RefCell::new(BytesMut::new()),
+        }
+    }
+
+    /// Wakes the writer if it sleeps (the session's transmit buffer got bytes).
+    pub fn wake_writer(&self) {
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Whether the connection is being closed.
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    /// Closes the connection: ends the pending read with EOF and lets the writer send what is
+    /// left, then finish.
+    pub fn close(&self) {
+        if self.closing.replace(true) {
+            return;
+        }
+        if self.heard.get().is_some() {
+            // SAFETY: `heard` is `Some` until the reader task finishes, and the reader holds
+            // its half of the socket until then, so `fd` is still this connection's open
+            // socket. shutdown(2) has no memory-safety preconditions beyond a valid fd.
+            unsafe {
+                libc::shutdown(self.fd, libc::SHUT_RD);
+            }
+        }
+        self.wake_writer();
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+    }
+
+    /// The directory granted this connection its client id, with the session to resume.
+    pub fn grant(&self, session: Option<Box<Session>>) {
+        *self.granted.borrow_mut() = Some(session);
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+    }
+
+    /// Moves what the session still had to send to this connection's own buffer (the session
+    /// is leaving the connection: disconnect or takeover).
+    pub fn detach_from(&self, session: &mut Session) {
+        let mut tx = BytesMut::new();
+        session.swap_tx(&mut tx);
+        self.leftover.borrow_mut().extend_from_slice(&tx);
+        self.wake_writer();
+    }
+
+    fn set_grace(&self, grace: u32) {
+        self.grace.set(grace);
+    }
+}
+
+impl Watched for Rc<ConnShared> {
+    fn last_heard(&self) -> Option<u32> {
+        if self.closing.get() {
+            None
+        } else {
+            self.heard.get()
+        }
+    }
+
+    fn grace(&self) -> u32 {
+        self.grace.get()
+    }
+}
+
+/// Serves one accepted socket until it closes.
+pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    let conn = {
+        let mut s = shard.borrow_mut();
+        let grace = s.shared.config.limits.connect_timeout_secs.max(1);
+        let conn = Rc::new(ConnShared::new(s.new_token(), fd, s.now, grace));
+        s.wheel.insert(conn.clone());
+        conn
+    };
+    let (mut rd, wr) = stream.into_split();
+    monoio::spawn(writer(shard.clone(), conn.clone(), wr));
+    let why = read_loop(&shard, &conn, &mut rd).await;
+    tracing::debug!(token = conn.token, why, "connection closed");
+    if let Some(slot) = conn.slot.get() {
+        shard.borrow_mut().disconnected(slot, &conn);
+    }
+    // From here the read half is dropped; `close` must not touch the fd any more.
+    conn.heard.set(None);
+    conn.closing.set(true);
+    conn.wake_writer();
+    drop(rd);
+    shard
+        .borrow()
+        .shared
+        .connections
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Reads more bytes into `buf`. `Ok(false)` on EOF.
+async fn fill(
+    rd: &mut OwnedReadHalf<TcpStream>,
+    buf: &mut BytesMut,
+    want: usize,
+) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < want / 2 {
+        buf.reserve(want);
+    }
+    let len = buf.len();
+    let cap = buf.capacity();
+    let b = std::mem::take(buf);
+    let (res, slice) = rd.read(b.slice_mut(len..cap)).await;
+    *buf = slice.into_inner();
+    res
+}
+
+async fn read_loop(
+    shard: &Rc<RefCell<Shard>>,
+    conn: &Rc<ConnShared>,
+    rd: &mut OwnedReadHalf<TcpStream>,
+) -> &'static str {
+    let (read_buffer, max_packet, max_client_id, max_keep_alive) = {
+        let s = shard.borrow();
+        let l = &s.shared.config.limits;
+        (
+            l.read_buffer.max(IDLE_BUFFER),
+            l.max_packet_size,
+            l.max_client_id_len,
+            l.max_keep_alive_secs,
+        )
+    };
+    let mut buf = BytesMut::with_capacity(IDLE_BUFFER);
+
+    // CONNECT: the first packet [MQTT-3.1.0-1], within the connect timeout (the wheel closes
+    // the socket otherwise, ending the read).
+    let connect: Box<Connect> = loop {
+        match decode(&mut buf, Version::V3_1_1, max_packet) {
+            Ok(Some(Packet::Connect(c))) => break c,
+            Ok(Some(_)) => return "first packet was not CONNECT [MQTT-3.1.0-1]",
+            Ok(None) => {}
+            Err(e) => {
+                if e.reason == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION {
+                    let mut out = BytesMut::new();
+                    encode_refusal(Version::V3_1_1, e.reason, &mut out);
+                    conn.leftover.borrow_mut().extend_from_slice(&out);
+                    conn.wake_writer();
+                }
+                tracing::debug!(token = conn.token, error = %e, "bad CONNECT");
+                return "malformed CONNECT";
+            }
+        }
+        match fill(rd, &mut buf, read_buffer).await {
+            Ok(0) | Err(_) => return "closed before CONNECT",
+            Ok(_) => {}
+        }
+        if conn.is_closing() {
+            return "connect timeout";
+        }
+    };
+    let version = connect.version;
+
+    let accepted = {
+        let s = shard.borrow();
+        let token = conn.token;
+        let id = s.id;
+        check_connect(&connect, max_client_id, || {
+            Str::new_unchecked(format!("shardmq-{id}-{token:x}").into())
+        })
+    };
+    let accepted = match accepted {
+        Ok(a) => a,
+        Err(reason) => {
+            let mut out = BytesMut::new();
+            encode_refusal(version, reason, &mut out);
+            conn.leftover.borrow_mut().extend_from_slice(&out);
+            conn.wake_writer();
+            return "client identifier refused";
+        }
+    };
+
+    // Claim the client id from its directory shard; wait for the grant (with the session to
+    // resume, if any).
+    shard.borrow_mut().claim(
+        conn.clone(),
+        accepted.client_id.clone(),
+        connect.clean_start,
+    );
+    let granted = poll_fn(|cx| {
+        if let Some(g) = conn.granted.borrow_mut().take() {
+            return Poll::Ready(Some(g));
+        }
+        if conn.is_closing() {
+            return Poll::Ready(None);
+        }
+        conn.reader.set(Some(cx.waker().clone()));
+        Poll::Pending
+    })
+    .await;
+    let Some(granted) = granted else {
+        return "superseded by a newer connection with the same client id";
+    };
+
+    let slot = {
+        let mut s = shard.borrow_mut();
+        let (mut session, present) = match granted {
+            Some(old) if !connect.clean_start => (*old, true),
+            _ => (
+                Session::new(accepted.client_id.clone(), s.limits.clone()),
+                false,
+            ),
+        };
+        session.attach(&connect, max_keep_alive);
+        let keep_alive = session.keep_alive();
+        let assigned = accepted.assigned.then_some(&accepted.client_id);
+        session.connack(present, connect.keep_alive, assigned);
+        let grace = if keep_alive == 0 {
+            u32::MAX
+        } else {
+            u32::from(keep_alive) * 3 / 2 + 1
+        };
+        conn.set_grace(grace);
+        conn.heard.set(Some(s.now));
+        let slot = s.install(session, conn.clone());
+        conn.slot.set(Some(slot));
+        conn.wake_writer();
+        slot
+    };
+    drop(connect);
+
+    let mut actions = Vec::new();
+    let mut last_read = 0usize;
+    loop {
+        // Handle every whole frame in the buffer.
+        loop {
+            let mut s = shard.borrow_mut();
+            let Some(e) = s.sessions.get_mut(slot).filter(|e| e.token == conn.token) else {
+                return "session taken over";
+            };
+            match decode(&mut buf, version, max_packet) {
+                Ok(Some(p)) => {
+                    let r = e.session.handle(p, &mut actions);
+                    if let Err(err) = r {
+                        tracing::debug!(token = conn.token, error = %err, "protocol error");
+                        e.session.disconnect_with(err.reason);
+                        conn.wake_writer();
+                        return "protocol error";
+                    }
+                    conn.wake_writer();
+                    // A DISCONNECT: the session already dropped its will unless 5.0 reason
+                    // 0x04 asked to publish it, which `disconnected` then does.
+                    if s.apply(slot, &mut actions).is_some() {
+                        s.flush();
+                        return "DISCONNECT";
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::debug!(token = conn.token, error = %err, "malformed packet");
+                    e.session.disconnect_with(err.reason);
+                    conn.wake_writer();
+                    return "malformed packet";
+                }
+            }
+        }
+        shard.borrow_mut().flush();
+        // A full ring to another shard: stop reading until it drains (TCP backpressure).
+        while shard.borrow().backpressured() {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+            if conn.is_closing() {
+                return "closed";
+            }
+        }
+        if buf.is_empty() && last_read < read_buffer / 4 && buf.capacity() > IDLE_BUFFER {
+            buf = BytesMut::with_capacity(IDLE_BUFFER);
+        }
+        let want = if buf.capacity() <= IDLE_BUFFER && last_read < IDLE_BUFFER {
+            IDLE_BUFFER
+        } else {
+            read_buffer
+        };
+        match fill(rd, &mut buf, want).await {
+            Ok(0) => return "closed by peer",
+            Err(_) => return "read error",
+            Ok(n) => last_read = n,
+        }
+        if conn.is_closing() {
+            return "closed by the broker";
+        }
+        conn.heard.set(Some(shard.borrow().now));
+    }
+}
+
+async fn writer(
+    shard: Rc<RefCell<Shard>>,
+    conn: Rc<ConnShared>,
+    mut wr: OwnedWriteHalf<TcpStream>,
+) {
+    let mut spare = BytesMut::new();
+    loop {
+        let more = poll_fn(|cx| {
+            {
+                let mut left = conn.leftover.borrow_mut();
+                if !left.is_empty() {
+                    std::mem::swap(&mut *left, &mut spare);
+                    return Poll::Ready(true);
+                }
+            }
+            if let Some(slot) = conn.slot.get() {
+                let mut s = shard.borrow_mut();
+                if let Some(e) = s.sessions.get_mut(slot).filter(|e| e.token == conn.token) {
+                    if e.session.tx_len() > 0 {
+                        e.session.swap_tx(&mut spare);
+                        return Poll::Ready(true);
+                    }
+                }
+            }
+            if conn.is_closing() {
+                return Poll::Ready(false);
+            }
+            conn.writer.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await;
+        if !more {
+            break;
+        }
+        let (res, written) = wr.write_all(spare).await;
+        spare = written;
+        spare.clear();
+        if spare.capacity() > KEEP_WRITE_BUFFER {
+            spare = BytesMut::new();
+        }
+        if res.is_err() {
+            conn.close();
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}

@@ -1,0 +1,269 @@
+//! Starting the broker: listeners, the mesh, and one pinned thread per shard, each running its
+//! accept loops, its mesh pump and its keep alive ticker.
+//!
+//! [`start`] runs on the main thread and returns once every shard reported that its runtime
+//! is up (or with the first shard's error, phrased for the operator); the shard threads then
+//! run until the process exits.
+//!
+//! Per shard, three kinds of task share one `Rc<RefCell<Shard>>`:
+//!
+//! - an **accept loop** per listener, spawning [`conn::serve`] per socket;
+//! - the **mesh pump**: drains the inbound rings and the shard's own queue in batches,
+//!   flushes outgoing batches, and parks behind the shard's doorbell when there is nothing
+//!   to do (a producer wakes it once per idle → busy transition);
+//! - the **ticker**: once a second advances the shard's clock and its keep alive wheel.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::task::Poll;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::conn::{self, ConnShared};
+use super::listen::bind_shared;
+use super::spawn::{run_on_runtime, spawn_pinned};
+use super::state::{Shard, ShardWaker, Shared};
+use crate::config::Config;
+use crate::index::Routes;
+use crate::index::routes::MAX_SHARDS;
+use crate::mesh::{Consumer, Doorbell, Envelope, Park, Producer, channel};
+use crate::protocol::ReasonCode;
+
+/// Envelopes drained from one inbound ring per pump turn.
+const PUMP_BATCH: usize = 256;
+/// Listen backlog per shard listener.
+const BACKLOG: i32 = 1024;
+
+/// A running broker.
+#[derive(Debug)]
+pub struct Broker {
+    /// The addresses actually listened on (port 0 resolved).
+    pub addrs: Vec<SocketAddr>,
+    /// Shard threads.
+    pub threads: Vec<JoinHandle<()>>,
+    /// Broker-wide shared state.
+    pub shared: Arc<Shared>,
+}
+
+/// Binds the listeners, builds the mesh and starts the shards. Errors are one line.
+pub fn start(config: Config) -> Result<Broker, String> {
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = config.shard_cores(available);
+    let n = cores.len();
+    if n == 0 || n > MAX_SHARDS {
+        return Err(format!(
+            "{n} shards requested; shardmq runs 1 to {MAX_SHARDS} shards (set --shards or --cores)"
+        ));
+    }
+
+    let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::new();
+    for addr in &config.listen {
+        let ls = bind_shared(*addr, n, BACKLOG).map_err(|e| e.to_string())?;
+        addrs.push(ls[0].local_addr().map_err(|e| e.to_string())?);
+        for (i, l) in ls.into_iter().enumerate() {
+            per_shard[i].push(l);
+        }
+    }
+
+    // One ring per ordered pair of shards.
+    let mut outs: Vec<Vec<Option<Producer<Envelope>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut ins: Vec<Vec<Consumer<Envelope>>> = (0..n).map(|_| Vec::new()).collect();
+    for (from, row) in outs.iter_mut().enumerate() {
+        for (to, slot) in row.iter_mut().enumerate() {
+            if from != to {
+                let (p, c) = channel(config.limits.ring_capacity);
+                *slot = Some(p);
+                ins[to].push(c);
+            }
+        }
+    }
+
+    let shared = Arc::new(Shared {
+        routes: Routes::new(),
+        doorbells: (0..n)
+            .map(|_| Doorbell::new(ShardWaker::default()))
+            .collect(),
+        connections: AtomicUsize::new(0),
+        dropped: AtomicU64::new(0),
+        config,
+    });
+
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+    let mut threads = Vec::with_capacity(n);
+    let pin = shared.config.pin;
+    let driver = shared.config.io_driver;
+    for (i, ((out, inbound), listeners)) in outs.into_iter().zip(ins).zip(per_shard).enumerate() {
+        let core = cores[i];
+        let shared = shared.clone();
+        let ready = ready_tx.clone();
+        let spawned = spawn_pinned(i, pin.then_some(core), move |pinned| {
+            let ready2 = ready.clone();
+            let res = run_on_runtime(
+                driver,
+                |d, why| {
+                    let pin_note = match (pin, pinned) {
+                        (false, _) => "not pinned".to_string(),
+                        (true, true) => format!("pinned to core {core}"),
+                        (true, false) => format!("pinning to core {core} failed"),
+                    };
+                    let fallback = why
+                        .map(|e| format!(" (io_uring unavailable: {e})"))
+                        .unwrap_or_default();
+                    let _ = ready2.send(Ok(format!("shard {i}: {d}{fallback}, {pin_note}")));
+                },
+                move |_| shard_main(i, shared, out, inbound, listeners),
+            );
+            if let Err(e) = res {
+                let _ = ready.send(Err(format!(
+                    "shard {i} could not start its io runtime: {e} (try --io-driver epoll)"
+                )));
+            }
+        })
+        .map_err(|e| format!("cannot start shard thread {i}: {e}"))?;
+        threads.push(spawned);
+    }
+    drop(ready_tx);
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok(Ok(line)) => tracing::info!("{line}"),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("a shard thread exited during start-up".into()),
+        }
+    }
+    for a in &addrs {
+        tracing::info!("listening on {a} (mqtt over tcp, {n} shards)");
+    }
+    Ok(Broker {
+        addrs,
+        threads,
+        shared,
+    })
+}
+
+async fn shard_main(
+    id: usize,
+    shared: Arc<Shared>,
+    out: Vec<Option<Producer<Envelope>>>,
+    inbound: Vec<Consumer<Envelope>>,
+    listeners: Vec<std::net::TcpListener>,
+) {
+    let shard = Rc::new(RefCell::new(Shard::new(id, shared.clone(), out, inbound)));
+    for l in listeners {
+        match monoio::net::TcpListener::from_std(l) {
+            Ok(l) => {
+                monoio::spawn(accept_loop(shard.clone(), l));
+            }
+            Err(e) => tracing::error!(shard = id, "cannot adopt listener: {e}"),
+        }
+    }
+    monoio::spawn(ticker(shard.clone()));
+    pump(shard, shared, id).await;
+}
+
+async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListener) {
+    let max = shard.borrow().shared.config.limits.max_connections;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let open = shard
+                    .borrow()
+                    .shared
+                    .connections
+                    .fetch_add(1, Ordering::Relaxed);
+                if open >= max {
+                    shard
+                        .borrow()
+                        .shared
+                        .connections
+                        .fetch_sub(1, Ordering::Relaxed);
+                    tracing::warn!("max_connections ({max}) reached: refusing a connection");
+                    drop(stream);
+                    continue;
+                }
+                monoio::spawn(conn::serve(shard.clone(), stream));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn ticker(shard: Rc<RefCell<Shard>>) {
+    let start = Instant::now();
+    let mut expired: Vec<Rc<ConnShared>> = Vec::new();
+    loop {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        let mut s = shard.borrow_mut();
+        let now = start.elapsed().as_secs() as u32;
+        s.now = now;
+        s.wheel.advance(now, |c| expired.push(c));
+        for c in expired.drain(..) {
+            tracing::debug!(token = c.token, "keep alive expired");
+            if let Some(slot) = c.slot.get() {
+                if let Some(e) = s.sessions.get_mut(slot).filter(|e| e.token == c.token) {
+                    e.session.disconnect_with(ReasonCode::KEEP_ALIVE_TIMEOUT);
+                }
+            }
+            c.close();
+        }
+    }
+}
+
+/// Yields to the other tasks of this shard once.
+async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+async fn pump(shard: Rc<RefCell<Shard>>, shared: Arc<Shared>, id: usize) {
+    let bell = &shared.doorbells[id];
+    loop {
+        let (n, overflow) = {
+            let mut s = shard.borrow_mut();
+            let n = s.pump(PUMP_BATCH);
+            s.flush();
+            (n, s.overflow_len())
+        };
+        if n > 0 {
+            yield_now().await;
+            continue;
+        }
+        if overflow > 0 {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        poll_fn(|cx| {
+            let mut s = shard.borrow_mut();
+            if bell.waker().register(cx.waker()) {
+                return Poll::Ready(());
+            }
+            s.pump_waker = Some(cx.waker().clone());
+            match bell.prepare_park(|| s.has_inbound()) {
+                Park::WorkFound => Poll::Ready(()),
+                Park::Sleep => Poll::Pending,
+            }
+        })
+        .await;
+        bell.set_busy();
+        shard.borrow_mut().pump_waker = None;
+    }
+}

@@ -1,0 +1,166 @@
+//! Shared helpers of the integration tests: start the real `shardmq` binary on a free port,
+//! and a raw MQTT client on our codec for byte-exact protocol checks (the behaviour tests use
+//! independent clients: rumqttc and mosquitto_pub/sub).
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of the helpers"
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use shardmq::protocol::{Connect, Packet, Str, Version, decode};
+
+/// Bound for every wait in the tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A broker process on 127.0.0.1, killed on drop.
+pub struct Broker {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Broker {
+    /// Starts `shardmq --listen 127.0.0.1:0 --shards N --no-pin` plus `extra` flags.
+    pub fn start(shards: usize, extra: &[&str]) -> Broker {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+            .args(["--listen", "127.0.0.1:0", "--no-pin", "--log-level", "info"])
+            .args(["--shards", &shards.to_string()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start shardmq");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Owned by a `Broker` from here on, so a failed start still kills the process.
+        let mut b = Broker {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log: rx,
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = b
+                .log
+                .recv_timeout(left)
+                .expect("shardmq did not report its listener in time");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                b.addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                return b;
+            }
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The broker's resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw MQTT connection driven packet by packet with shardmq's own codec.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub version: Version,
+    buf: BytesMut,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr, version: Version) -> Raw {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Raw {
+            stream,
+            version,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub fn send(&mut self, p: &Packet) {
+        let bytes = p.to_bytes(self.version).unwrap();
+        self.stream.write_all(&bytes).unwrap();
+    }
+
+    pub fn send_bytes(&mut self, b: &[u8]) {
+        self.stream.write_all(b).unwrap();
+    }
+
+    /// The next packet, or `None` when the broker closed the connection.
+    pub fn recv(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(p) = decode(&mut self.buf, self.version, u32::MAX).unwrap() {
+                return Some(p);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Expects the broker to close the connection (EOF) within the read timeout, skipping
+    /// any packets before it.
+    pub fn expect_closed(&mut self) -> Vec<Packet> {
+        let mut seen = Vec::new();
+        while let Some(p) = self.recv() {
+            seen.push(p);
+        }
+        seen
+    }
+}
+
+/// A CONNECT packet.
+pub fn connect_packet(version: Version, id: &str, clean: bool, keep_alive: u16) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        version,
+        clean_start: clean,
+        keep_alive,
+        client_id: Str::new(bytes::Bytes::copy_from_slice(id.as_bytes())).unwrap(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Default::default(),
+    }))
+}
