@@ -16,6 +16,19 @@ done
 
 step() { printf '\n== %s\n' "$*"; }
 
+step "test dependencies"
+# The integration tests drive the broker with mosquitto's command-line clients too.
+if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients >/dev/null
+  else
+    echo "scripts/test.sh: mosquitto_pub/mosquitto_sub missing; install mosquitto-clients" >&2
+    exit 1
+  fi
+fi
+echo "mosquitto clients: $(command -v mosquitto_pub)"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
