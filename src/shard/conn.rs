@@ -305,7 +305,7 @@ async fn read_loop(
         };
         conn.set_grace(grace);
         conn.heard.set(Some(s.now));
-        let slot = s.install(session, conn.clone());
+        let slot = s.install(session, conn.token, Some(conn.clone()));
         conn.slot.set(Some(slot));
         conn.wake_writer();
         slot

@@ -84,6 +84,7 @@ pub struct Entry {
 #[derive(Debug)]
 struct Pending {
     conn: Rc<ConnShared>,
+    client_id: Str,
     /// A newer connection claimed the same client id meanwhile: on grant, pass the session on.
     superseded_by: Option<(usize, u64, bool)>,
 }
@@ -340,6 +341,7 @@ impl Shard {
             token,
             Pending {
                 conn,
+                client_id: client_id.clone(),
                 superseded_by: None,
             },
         );
@@ -421,6 +423,21 @@ impl Shard {
             );
             return;
         }
+        if p.conn.is_closing() {
+            // The connection died while its claim travelled; this shard owns the client id
+            // now. Keep a resumed session parked here, or hand the id back.
+            match session {
+                Some(s) if s.is_persistent() => {
+                    self.install(*s, p.conn.token, None);
+                }
+                _ => {
+                    let d = directory_shard(&p.client_id, self.count);
+                    let (client_id, token) = (p.client_id, p.conn.token);
+                    self.send(d, Envelope::Release { client_id, token });
+                }
+            }
+            return;
+        }
         p.conn.grant(session);
     }
 
@@ -449,7 +466,7 @@ impl Shard {
 
     /// Installs the session for a granted connection (a resumed one, or a new one), indexes
     /// its subscriptions, and returns its slot.
-    pub fn install(&mut self, session: Session, conn: Rc<ConnShared>) -> usize {
+    pub fn install(&mut self, session: Session, token: u64, conn: Option<Rc<ConnShared>>) -> usize {
         let slot = self.sessions.vacant_key();
         for (filter, options) in session.subscriptions() {
             if self
@@ -461,11 +478,10 @@ impl Shard {
             }
         }
         self.by_id.insert(session.client_id().clone(), slot);
-        let token = conn.token;
         self.sessions.insert(Entry {
             session,
             token,
-            conn: Some(conn),
+            conn,
         })
     }
 
