@@ -107,3 +107,80 @@ fn a_second_connect_is_a_protocol_error() {
         .unwrap_err();
     assert_eq!(e.rule, "MQTT-3.1.0-2");
 }
+
+#[test]
+fn queue_bounds_drop_qos0_first_then_refuse() {
+    let limits = SessionLimits {
+        max_queued_messages: 2,
+        queue_qos0_offline: true,
+        ..Default::default()
+    };
+    let mut s = Session::new(Str::from("c"), limits);
+    s.attach(&connect(Version::V3_1_1, false), 0);
+    assert!(s.detach().is_none());
+    let q0 = message("a", QoS::AtMostOnce);
+    let q1 = message("b", QoS::AtLeastOnce);
+    assert_eq!(s.deliver(&q0, QoS::AtMostOnce, false), Delivered::Queued);
+    assert_eq!(s.deliver(&q1, QoS::AtLeastOnce, false), Delivered::Queued);
+    // Full: a QoS 1 message evicts the queued QoS 0 one.
+    assert_eq!(s.deliver(&q1, QoS::AtLeastOnce, false), Delivered::Queued);
+    assert_eq!(s.drops.queue_full, 1);
+    // Full of QoS 1: refused.
+    assert_eq!(s.deliver(&q1, QoS::AtLeastOnce, false), Delivered::Dropped);
+    assert_eq!(s.deliver(&q0, QoS::AtMostOnce, false), Delivered::Dropped);
+    assert_eq!(s.drops.queue_full, 3);
+    assert_eq!(s.queued(), 2);
+}
+
+#[test]
+fn a_slow_consumer_loses_qos0_not_qos1() {
+    let limits = SessionLimits {
+        max_write_buffer: 64,
+        ..Default::default()
+    };
+    let mut s = Session::new(Str::from("c"), limits);
+    s.attach(&connect(Version::V3_1_1, true), 0);
+    let q0 = message("a", QoS::AtMostOnce);
+    let mut dropped = 0;
+    for _ in 0..100 {
+        if s.deliver(&q0, QoS::AtMostOnce, false) == Delivered::Dropped {
+            dropped += 1;
+        }
+    }
+    assert!(dropped > 80, "{dropped}");
+    assert_eq!(s.drops.slow_consumer, dropped);
+    let q1 = message("b", QoS::AtLeastOnce);
+    assert_ne!(s.deliver(&q1, QoS::AtLeastOnce, false), Delivered::Dropped);
+}
+
+#[test]
+fn shared_subscriptions_are_refused_until_supported() {
+    for (v, code) in [
+        (Version::V3_1_1, ReasonCode::UNSPECIFIED_ERROR),
+        (Version::V5, ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED),
+    ] {
+        let mut s = Session::new(Str::from("c"), SessionLimits::default());
+        s.attach(&connect(v, true), 0);
+        let mut actions = Vec::new();
+        let sub = crate::protocol::Subscribe {
+            packet_id: 1,
+            filters: vec![
+                (
+                    "$share/g/t".into(),
+                    SubscriptionOptions::qos(QoS::AtLeastOnce),
+                ),
+                ("t".into(), SubscriptionOptions::qos(QoS::AtLeastOnce)),
+            ],
+            properties: Default::default(),
+        };
+        s.handle(Packet::Subscribe(sub), &mut actions).unwrap();
+        assert!(matches!(
+            &actions[0],
+            Action::Subscribe { is_new: true, .. }
+        ));
+        assert!(matches!(
+            &actions[1],
+            Action::SubAck { reasons, .. } if reasons[..] == [code, ReasonCode(1)]
+        ));
+    }
+}
