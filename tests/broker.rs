@@ -335,3 +335,25 @@ fn dollar_topics_do_not_match_leading_wildcards() {
         assert!(s.publishes_within(Duration::from_millis(300)).is_empty());
     });
 }
+
+#[test]
+fn the_epoll_driver_serves_the_same_semantics() {
+    let b = Broker::start(3, &["--io-driver", "epoll"]);
+    let mut subs: Vec<Mq> = (0..4)
+        .map(|i| {
+            let mut s = Mq::connect(&b, &format!("e-sub-{i}"), false);
+            s.subscribe("ep/#", QoS::AtLeastOnce);
+            s
+        })
+        .collect();
+    let mut p = Mq::connect(&b, "e-pub", true);
+    p.publish("ep/x", QoS::ExactlyOnce, false, b"via epoll");
+    for s in &mut subs {
+        assert_eq!(s.next_publish().payload.as_ref(), b"via epoll");
+    }
+    let mut again = Mq::connect(&b, "e-sub-0", false);
+    assert_eq!(again.session_present, Some(true));
+    subs[0].expect_dropped();
+    p.publish("ep/y", QoS::AtLeastOnce, false, b"moved");
+    assert_eq!(again.next_publish().payload.as_ref(), b"moved");
+}
