@@ -87,71 +87,53 @@ impl Routes {
     /// Sets `shard`'s bit for `filter`. Returns true if it was newly set. Visible to every
     /// later [`lookup`](Self::lookup) when this returns.
     pub fn add(&self, filter: &[u8], shard: usize) -> bool {
-        debug_assert!(shard < MAX_SHARDS);
-        if shard >= MAX_SHARDS {
-            return false;
-        }
-        let bit = 1u64 << shard;
-        if is_wild(filter) {
-            let mut added = false;
-            self.wild.rcu(|w| {
-                let old = w.masks.get(filter).copied().unwrap_or(0);
-                added = old & bit == 0;
-                if !added {
-                    return Arc::clone(w);
-                }
-                let mut masks = w.masks.clone();
-                masks.insert(filter.into(), old | bit);
-                Arc::new(Wild::with(masks))
-            });
-            return added;
-        }
-        let guard = self.exact.guard();
-        let r = self.exact.compute(
-            filter.into(),
-            |e| match e {
-                Some((_, &m)) if m & bit != 0 => Operation::Abort(()),
-                Some((_, &m)) => Operation::Insert(m | bit),
-                None => Operation::Insert(bit),
-            },
-            &guard,
-        );
-        !matches!(r, Compute::Aborted(()))
+        self.change(filter, shard, true)
     }
 
     /// Clears `shard`'s bit for `filter`, removing the entry at mask 0. Returns true if the
     /// bit was set.
     pub fn remove(&self, filter: &[u8], shard: usize) -> bool {
+        self.change(filter, shard, false)
+    }
+
+    /// Sets (`set`) or clears `shard`'s bit for `filter`; true if the bit changed.
+    fn change(&self, filter: &[u8], shard: usize, set: bool) -> bool {
+        debug_assert!(shard < MAX_SHARDS);
         if shard >= MAX_SHARDS {
             return false;
         }
         let bit = 1u64 << shard;
+        // The new mask, or None when the bit is already as asked.
+        let next = |old: ShardMask| match (set, old & bit != 0) {
+            (true, false) => Some(old | bit),
+            (false, true) => Some(old & !bit),
+            _ => None,
+        };
         if is_wild(filter) {
-            let mut removed = false;
+            let mut changed = false;
             self.wild.rcu(|w| {
-                let old = w.masks.get(filter).copied().unwrap_or(0);
-                removed = old & bit != 0;
-                if !removed {
+                let Some(mask) = next(w.masks.get(filter).copied().unwrap_or(0)) else {
+                    changed = false;
                     return Arc::clone(w);
-                }
+                };
+                changed = true;
                 let mut masks = w.masks.clone();
-                if old == bit {
+                if mask == 0 {
                     masks.remove(filter);
                 } else {
-                    masks.insert(filter.into(), old & !bit);
+                    masks.insert(filter.into(), mask);
                 }
                 Arc::new(Wild::with(masks))
             });
-            return removed;
+            return changed;
         }
         let guard = self.exact.guard();
         let r = self.exact.compute(
             filter.into(),
-            |e| match e {
-                Some((_, &m)) if m & bit == 0 => Operation::Abort(()),
-                Some((_, &m)) if m == bit => Operation::Remove,
-                Some((_, &m)) => Operation::Insert(m & !bit),
+            |e| match next(e.map_or(0, |(_, &m)| m)) {
                 None => Operation::Abort(()),
+                Some(0) => Operation::Remove,
+                Some(mask) => Operation::Insert(mask),
             },
             &guard,
         );

@@ -525,7 +525,10 @@ impl Session {
     }
 
     fn publish_in(&mut self, p: Publish, actions: &mut Vec<Action>) -> Result<(), Error> {
-        if levels(p.topic.as_bytes()) > self.limits.max_topic_levels {
+        // A topic shorter than the limit cannot have more levels than it: skip the count.
+        if p.topic.len() >= self.limits.max_topic_levels
+            && levels(p.topic.as_bytes()) > self.limits.max_topic_levels
+        {
             return Err(Error::with_reason(
                 "§4.7",
                 "topic name has more levels than the broker allows",
