@@ -58,6 +58,8 @@ pub enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Load-test a broker (this one or any other): fanin, fanout, pairs, shared or conn.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 fn parse_core_list(s: &str) -> Result<String, String> {

@@ -74,7 +74,8 @@ pub struct Limits {
     pub max_queued_bytes: usize,
     /// Slots in each shard-to-shard ring (rounded up to a power of two).
     pub ring_capacity: usize,
-    /// Messages a shard holds for a full ring before applying backpressure.
+    /// Messages a shard holds for full rings while its publishers stop reading; past it, QoS 0
+    /// publishes to a full ring are dropped (counted).
     pub ring_overflow: usize,
     /// Longest client identifier accepted, bytes.
     pub max_client_id_len: usize,

@@ -21,6 +21,7 @@ fn main() {
             }
             Err(e) => fail(&e),
         },
+        Some(Command::Bench(args)) => std::process::exit(shardmq::bench::main(args)),
         None => {
             let config = cli.effective_config().unwrap_or_else(|e| fail(&e));
             init_logging(&config.log_level);

@@ -214,15 +214,13 @@ impl Shard {
         self.spill(dest, env);
     }
 
+    /// Queues an envelope its ring has no room for. The publishing connections stop reading
+    /// while anything waits here ([`backpressured`](Self::backpressured)), so the overflow
+    /// only absorbs what one read produced; past `limits.ring_overflow` QoS 0 publishes are
+    /// dropped (counted). Everything else carries state that must arrive and is always kept:
+    /// it is bounded by the connections, not by traffic.
     fn spill(&mut self, dest: usize, env: Envelope) {
-        if env.droppable() || self.overflow_len >= self.shared.config.limits.ring_overflow {
-            if !env.droppable() {
-                tracing::error!(
-                    shard = self.id,
-                    dest,
-                    "mesh overflow full: dropping a control message"
-                );
-            }
+        if env.droppable() && self.overflow_len >= self.shared.config.limits.ring_overflow {
             self.stats.ring_dropped += 1;
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
