@@ -326,7 +326,7 @@ mod tests {
             }
         });
         let mut expect = 0;
-        let mut sleeps = 0;
+        let mut announcements = 0;
         while expect < N {
             let taken = rx.drain(32, |v| {
                 assert_eq!(v, expect);
@@ -335,8 +335,10 @@ mod tests {
             if taken > 0 {
                 continue;
             }
+            // Each announcement may be won by one wake, even when the recheck then finds
+            // work (a producer can see `parked` between the store and `set_busy`).
+            announcements += 1;
             if bell.prepare_park(|| !rx.is_empty()) == Park::Sleep {
-                sleeps += 1;
                 let start = Instant::now();
                 std::thread::park_timeout(Duration::from_secs(10));
                 assert!(
@@ -349,7 +351,10 @@ mod tests {
         let batches = producer.join().unwrap();
         let wakes = bell.waker().wakes.load(Ordering::Relaxed);
         assert!(wakes <= batches, "{wakes} wakes for {batches} batches");
-        assert!(wakes <= sleeps + 1, "{wakes} wakes for {sleeps} sleeps");
+        assert!(
+            wakes <= announcements,
+            "{wakes} wakes for {announcements} announcements"
+        );
     }
 }
 

@@ -234,7 +234,9 @@ async fn read_loop(
                 return "malformed CONNECT";
             }
         }
-        match fill(rd, &mut buf, read_buffer).await {
+        // Small reads: the CONNECT's strings (client id, will) point into this buffer and
+        // keep it alive as long as the session, so it must not be a full read buffer.
+        match fill(rd, &mut buf, IDLE_BUFFER).await {
             Ok(0) | Err(_) => return "closed before CONNECT",
             Ok(_) => {}
         }
@@ -288,9 +290,9 @@ async fn read_loop(
     let slot = {
         let mut s = shard.borrow_mut();
         let (mut session, present) = match granted {
-            Some(old) if !connect.clean_start => (*old, true),
+            Some(old) if !connect.clean_start => (old, true),
             _ => (
-                Session::new(accepted.client_id.clone(), s.limits.clone()),
+                Box::new(Session::new(accepted.client_id.clone(), s.limits.clone())),
                 false,
             ),
         };
@@ -350,7 +352,9 @@ async fn read_loop(
         shard.borrow_mut().flush();
         // A full ring to another shard: stop reading until it drains (TCP backpressure).
         while shard.borrow().backpressured() {
-            monoio::time::sleep(Duration::from_millis(1)).await;
+            // Boxed: a `Sleep` is 640 bytes aligned to 128, and every idle connection's
+            // future would carry that space.
+            Box::pin(monoio::time::sleep(Duration::from_millis(1))).await;
             if conn.is_closing() {
                 return "closed";
             }

@@ -72,8 +72,8 @@ pub struct Stats {
 /// A session living on this shard, with its connection if one is attached.
 #[derive(Debug)]
 pub struct Entry {
-    /// The session.
-    pub session: Session,
+    /// The session, boxed so a slab slot stays small (sessions are ~400 bytes).
+    pub session: Box<Session>,
     /// The connection that owns it (the directory knows this token).
     pub token: u64,
     /// The attached connection.
@@ -388,7 +388,7 @@ impl Shard {
     ) {
         if let Some(slot) = self.by_id.get(&client_id).copied() {
             let session = self.evict(slot, ReasonCode::SESSION_TAKEN_OVER);
-            let session = (!clean).then(|| Box::new(session));
+            let session = (!clean).then_some(session);
             self.send(shard, Envelope::Handoff { token, session });
         } else if let Some(p) = self.pending.get_mut(&old_token) {
             p.superseded_by = Some((shard, token, clean));
@@ -426,7 +426,7 @@ impl Shard {
             // now. Keep a resumed session parked here, or hand the id back.
             match session {
                 Some(s) if s.is_persistent() => {
-                    self.install(*s, p.conn.token, None);
+                    self.install(s, p.conn.token, None);
                 }
                 _ => {
                     let d = directory_shard(&p.client_id, self.count);
@@ -456,7 +456,7 @@ impl Shard {
     /// subscriptions, a publish matched only this session is routed to neither shard and the
     /// migrating session misses it. Closing that window needs a hand-over of the routes with
     /// forwarding (and de-duplication by message identity) from the old to the new shard.
-    fn evict(&mut self, slot: usize, reason: ReasonCode) -> Session {
+    fn evict(&mut self, slot: usize, reason: ReasonCode) -> Box<Session> {
         let mut e = self.sessions.remove(slot);
         self.by_id.remove(e.session.client_id());
         for (filter, _) in e.session.subscriptions() {
@@ -475,7 +475,12 @@ impl Shard {
 
     /// Installs the session for a granted connection (a resumed one, or a new one), indexes
     /// its subscriptions, and returns its slot.
-    pub fn install(&mut self, session: Session, token: u64, conn: Option<Rc<ConnShared>>) -> usize {
+    pub fn install(
+        &mut self,
+        session: Box<Session>,
+        token: u64,
+        conn: Option<Rc<ConnShared>>,
+    ) -> usize {
         let slot = self.sessions.vacant_key();
         for (filter, options) in session.subscriptions() {
             if self
