@@ -50,7 +50,10 @@ fn every_message_scenario_delivers_and_checks() {
         assert_eq!(r["reordered"], 0, "{args:?}: {out}");
         let sent = r["sent"].as_u64().unwrap();
         assert!(sent > 0, "{args:?}: nothing sent");
-        assert_eq!(r["delivered"].as_u64().unwrap(), sent * deliveries_per_publish);
+        assert_eq!(
+            r["delivered"].as_u64().unwrap(),
+            sent * deliveries_per_publish
+        );
         assert!(r["msgs_per_s"].as_f64().unwrap() > 0.0);
         assert!(r["latency"]["samples"].as_u64().unwrap() > 0);
         assert!(r["broker"]["rss_max"].as_u64().unwrap() > 0);

@@ -117,7 +117,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PID")]
     pub broker_pid: Option<u32>,
 
-    /// Bench threads (each an io_uring event loop; default half the cores, at least 1).
+    /// Bench threads (each an io_uring event loop; default half the cores, at least 1; conn:
+    /// every core).
     #[arg(long, short = 't', value_name = "N")]
     pub threads: Option<usize>,
 
@@ -216,7 +217,16 @@ impl BenchArgs {
         let threads = match self.threads {
             Some(0) => return Err("--threads: at least 1".into()),
             Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
+            // Opening connections is mostly kernel work in the connecting thread: conn uses
+            // every core, the message scenarios half, leaving the rest to the broker.
+            None => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                if self.scenario == Scenario::Conn {
+                    cores
+                } else {
+                    cores.div_ceil(2)
+                }
+            }
         };
         let version = self
             .version

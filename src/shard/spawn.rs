@@ -49,11 +49,22 @@ where
     F: FnOnce(ActiveDriver) -> Fut,
     Fut: Future,
 {
+    // Cooperative task running: completions are handled when the shard next enters the
+    // kernel, not by interrupting it (Linux 5.19+); older kernels get a plain ring.
     let uring = || {
+        let mut coop = io_uring::IoUring::builder();
+        coop.setup_coop_taskrun();
         monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(URING_ENTRIES)
+            .uring_builder(coop)
             .enable_timer()
             .build()
+            .or_else(|_| {
+                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .with_entries(URING_ENTRIES)
+                    .enable_timer()
+                    .build()
+            })
     };
     let epoll = || {
         monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
