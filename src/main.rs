@@ -4,6 +4,9 @@ use clap::Parser;
 use shardmq::cli::{Cli, Command};
 use shardmq::config::{Config, DEFAULT_TOML};
 
+/// mimalloc, unless built with `--features system-allocator` (for heaptrack and other
+/// malloc-level tools; see perf/README.md).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
