@@ -105,8 +105,8 @@ pub struct BenchArgs {
     pub warmup: f64,
 
     /// MQTT version (default 3.1.1; 5 for the shared scenario).
-    #[arg(long = "mqtt", short = 'V', value_enum, value_name = "VERSION")]
-    pub version: Option<MqttVersion>,
+    #[arg(long = "mqtt", value_enum, value_name = "VERSION")]
+    pub mqtt: Option<MqttVersion>,
 
     /// Local addresses to connect from, round robin, e.g. 127.0.0.1,127.0.0.2 (more than
     /// about 28 000 connections to one broker port need several).
@@ -228,13 +228,10 @@ impl BenchArgs {
                 }
             }
         };
-        let version = self
-            .version
-            .map(Version::from)
-            .unwrap_or(match self.scenario {
-                Scenario::Shared => Version::V5,
-                _ => Version::V3_1_1,
-            });
+        let version = self.mqtt.map(Version::from).unwrap_or(match self.scenario {
+            Scenario::Shared => Version::V5,
+            _ => Version::V3_1_1,
+        });
         let window = match self.inflight {
             Some(0) => return Err("--inflight: at least 1".into()),
             Some(n) if qos != QoS::AtMostOnce && n > 65_535 => {
