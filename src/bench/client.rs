@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 use atomic_waker::AtomicWaker;
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
@@ -177,15 +176,9 @@ pub struct Local {
 type Result<T> = std::result::Result<T, String>;
 
 async fn fill(stream: &mut impl AsyncReadRent, buf: &mut BytesMut, want: usize) -> Result<usize> {
-    if buf.capacity() - buf.len() < want / 2 {
-        buf.reserve(want);
-    }
-    let len = buf.len();
-    let cap = buf.capacity();
-    let b = std::mem::take(buf);
-    let (res, slice) = stream.read(b.slice_mut(len..cap)).await;
-    *buf = slice.into_inner();
-    res.map_err(|e| format!("read: {e}"))
+    crate::shard::conn::fill(stream, buf, want)
+        .await
+        .map_err(|e| format!("read: {e}"))
 }
 
 async fn next_packet(
@@ -524,28 +517,30 @@ async fn publish(local: &Rc<Local>, pp: &PubPlan) -> Result<()> {
             out.extend_from_slice(&[0x62, 2, a, b]);
         }
         let sent_ns = run.now_ns();
-        for _ in 0..n {
-            let at = out.len();
-            out.extend_from_slice(&template.frame);
-            Stamp {
-                publisher: pp.id,
-                seq,
-                sent_ns,
-            }
-            .write(&mut out[at + template.payload_at..]);
-            if let Some(id_at) = template.id_at {
-                let mut busy = shared.busy.borrow_mut();
-                loop {
-                    next_id = next_id.checked_add(1).unwrap_or(1);
-                    if !busy[next_id as usize] {
-                        break;
-                    }
+        {
+            let mut busy = shared.busy.borrow_mut();
+            for _ in 0..n {
+                let at = out.len();
+                out.extend_from_slice(&template.frame);
+                Stamp {
+                    publisher: pp.id,
+                    seq,
+                    sent_ns,
                 }
-                busy[next_id as usize] = true;
-                out[at + id_at..at + id_at + 2].copy_from_slice(&next_id.to_be_bytes());
-                shared.in_flight.set(shared.in_flight.get() + 1);
+                .write(&mut out[at + template.payload_at..]);
+                if let Some(id_at) = template.id_at {
+                    loop {
+                        next_id = next_id.checked_add(1).unwrap_or(1);
+                        if !busy[next_id as usize] {
+                            break;
+                        }
+                    }
+                    busy[next_id as usize] = true;
+                    out[at + id_at..at + id_at + 2].copy_from_slice(&next_id.to_be_bytes());
+                    shared.in_flight.set(shared.in_flight.get() + 1);
+                }
+                seq += 1;
             }
-            seq += 1;
         }
         let (r, back) = wr.write_all(out).await;
         out = back;

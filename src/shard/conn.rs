@@ -182,9 +182,11 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
         .fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Reads more bytes into `buf`. `Ok(false)` on EOF.
-async fn fill(
-    rd: &mut OwnedReadHalf<TcpStream>,
+/// Reads into the free tail of `buf` (monoio would otherwise read over unparsed bytes at
+/// offset 0), first making room for `want` bytes when less than half of that is free.
+/// `Ok(0)` on EOF. Also used by the bench clients.
+pub async fn fill(
+    rd: &mut impl AsyncReadRent,
     buf: &mut BytesMut,
     want: usize,
 ) -> std::io::Result<usize> {
