@@ -27,6 +27,8 @@ pub struct Config {
     pub log_level: String,
     /// Queue QoS 0 messages for offline persistent sessions too (QoS 1 and 2 always are).
     pub queue_qos0_offline: bool,
+    /// MQTT 5.0 features the broker offers (announced in CONNACK and enforced).
+    pub mqtt: Mqtt,
     /// Every bound the broker enforces.
     pub limits: Limits,
 }
@@ -41,7 +43,46 @@ impl Default for Config {
             io_driver: IoDriver::Auto,
             log_level: "info".into(),
             queue_qos0_offline: false,
+            mqtt: Mqtt::default(),
             limits: Limits::default(),
+        }
+    }
+}
+
+/// MQTT 5.0 features: what CONNACK announces, and what the broker then enforces.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mqtt {
+    /// Highest QoS accepted from publishers and granted to subscribers (0, 1 or 2; CONNACK
+    /// Maximum QoS when below 2).
+    pub maximum_qos: u8,
+    /// Retained messages are kept (false: CONNACK Retain Available 0, and a PUBLISH with
+    /// RETAIN is a protocol violation, DISCONNECT 0x9A).
+    pub retain_available: bool,
+    /// Filters with `+` or `#` are accepted (false: SUBACK 0xA2).
+    pub wildcard_subscriptions: bool,
+    /// Subscription Identifiers are accepted and attached on delivery (false: SUBACK 0xA1).
+    pub subscription_identifiers: bool,
+    /// `$share/{group}/{filter}` subscriptions are accepted (false: SUBACK 0x9E).
+    pub shared_subscriptions: bool,
+    /// Replace repeated topics with topic aliases on the way to clients that allow them
+    /// (their CONNECT Topic Alias Maximum).
+    pub server_topic_aliases: bool,
+    /// Response Information for clients that ask for it; `%c` is replaced by the client
+    /// identifier. Empty: none is sent.
+    pub response_information: String,
+}
+
+impl Default for Mqtt {
+    fn default() -> Self {
+        Self {
+            maximum_qos: 2,
+            retain_available: true,
+            wildcard_subscriptions: true,
+            subscription_identifiers: true,
+            shared_subscriptions: true,
+            server_topic_aliases: true,
+            response_information: "response/%c".into(),
         }
     }
 }
@@ -94,6 +135,14 @@ pub struct Limits {
     pub read_buffer: usize,
     /// Bytes buffered for sending to one connection before it counts as a slow consumer.
     pub max_write_buffer: usize,
+    /// QoS 1/2 PUBLISHes a client may have unacknowledged towards the broker (CONNACK
+    /// Receive Maximum; a client that exceeds it is disconnected with 0x93).
+    pub receive_maximum: u16,
+    /// Topic aliases a client may set (CONNACK Topic Alias Maximum; 0 = none).
+    pub max_topic_aliases: u16,
+    /// Largest Session Expiry Interval granted, seconds (4294967295 = never expire). Also the
+    /// lifetime of a 3.1 / 3.1.1 persistent session after its client disconnects.
+    pub max_session_expiry_secs: u32,
 }
 
 impl Default for Limits {
@@ -114,6 +163,9 @@ impl Default for Limits {
             max_keep_alive_secs: 0,
             read_buffer: 4096,
             max_write_buffer: 4 * 1024 * 1024,
+            receive_maximum: 1024,
+            max_topic_aliases: 64,
+            max_session_expiry_secs: u32::MAX,
         }
     }
 }
@@ -194,6 +246,15 @@ impl Config {
         }
         if l.read_buffer < 64 {
             return Err("limits.read_buffer: must be at least 64 bytes".into());
+        }
+        if l.receive_maximum == 0 {
+            return Err(
+                "limits.receive_maximum: must be at least 1 (MQTT 5.0 Receive Maximum cannot be 0)"
+                    .into(),
+            );
+        }
+        if self.mqtt.maximum_qos > 2 {
+            return Err("mqtt.maximum_qos: must be 0, 1 or 2".into());
         }
         if l.max_client_id_len == 0 || l.max_client_id_len > 65_535 {
             return Err("limits.max_client_id_len: must be between 1 and 65535".into());

@@ -76,12 +76,31 @@ fn conn_opens_and_holds_connections() {
 }
 
 #[test]
+fn shared_group_splits_the_stream_without_loss() {
+    for shards in [1, 3] {
+        let broker = Broker::start(shards, &[]);
+        let (code, out, err) = bench(
+            &broker,
+            &["shared", "-q", "1", "-d", "1", "--warmup", "0.2"],
+        );
+        assert_eq!(code, 0, "{out}\n{err}");
+        let r = json(&out);
+        assert_eq!(r["lost"], 0, "{out}");
+        assert_eq!(r["duplicates"], 0, "{out}");
+        assert!(r["delivered"].as_u64().unwrap() > 0, "{out}");
+    }
+}
+
+#[test]
 fn refused_subscriptions_and_bad_flags_fail_with_one_line() {
-    let broker = Broker::start(1, &[]);
-    // Shared subscriptions are refused until they are implemented: the bench says so.
+    // A broker with shared subscriptions turned off refuses them: the bench says so.
+    let config = std::env::temp_dir().join(format!("shardmq-noshare-{}.toml", std::process::id()));
+    std::fs::write(&config, "[mqtt]\nshared_subscriptions = false\n").unwrap();
+    let broker = Broker::start(1, &["--config", config.to_str().unwrap()]);
     let (code, _, err) = bench(&broker, &["shared", "-d", "0.5"]);
     assert_eq!(code, 1);
     assert!(err.contains("refused"), "{err}");
+    let _ = std::fs::remove_file(&config);
     let (code, _, err) = bench(&broker, &["pairs", "-s", "4"]);
     assert_eq!(code, 2);
     assert!(err.starts_with("shardmq bench: --payload"), "{err}");

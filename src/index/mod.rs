@@ -19,12 +19,15 @@
 //! - [`local`]: exact filters in an ahash map, wildcard filters in an arena trie with
 //!   dedicated `+` and `#` slots.
 //! - [`routes`]: the global filter → shard-mask table, read lock-free on every publish.
+//! - [`shared`]: the global `$share/{group}/{filter}` → shard-mask table.
 //! - [`retained`]: a shard's replica of the retained messages, in a topic-level trie.
 
 pub mod local;
 pub mod retained;
 pub mod routes;
+pub mod shared;
 
 pub use local::{Inserted, LocalIndex, Removed};
 pub use retained::{RetainedStore, SetOutcome};
 pub use routes::{Routes, ShardMask};
+pub use shared::SharedRoutes;

@@ -20,14 +20,28 @@
 //!
 //! Built on the connecting or publishing shard, consumed on the receiving shard.
 
-use crate::protocol::Str;
-use crate::protocol::session::{Message, Session};
+use crate::protocol::session::{Grant, Message, Session};
+use crate::protocol::{Str, TopicFilter};
 
 /// One message between shards.
 #[derive(Debug)]
 pub enum Envelope {
     /// A publish for the receiver's local subscribers.
     Publish(Message),
+    /// A publish for one member of the shared subscription `group` (a `$share/` filter) on
+    /// the receiver, which the publishing shard chose from the group's shard mask.
+    Shared {
+        /// The message.
+        msg: Message,
+        /// The group key.
+        group: TopicFilter,
+        /// The grant it had with a member that left without acknowledging it (redelivery),
+        /// or `None` for a new publish.
+        grant: Option<Grant>,
+        /// Shards that already found no member (a member may leave while the message
+        /// travels): the receiver passes it on to a shard not in this mask.
+        tried: u64,
+    },
     /// Set (or, with an empty payload, delete) a retained message in the receiver's replica.
     Retain(Message),
     /// To the directory shard: `shard` wants to own `client_id` for connection `token`.
@@ -75,6 +89,11 @@ impl Envelope {
     /// Whether the envelope may be dropped when its ring and overflow are full: only QoS 0
     /// publishes may (counted); everything else carries state that must arrive.
     pub fn droppable(&self) -> bool {
-        matches!(self, Envelope::Publish(m) if m.qos == crate::protocol::QoS::AtMostOnce)
+        match self {
+            Envelope::Publish(m) | Envelope::Shared { msg: m, .. } => {
+                m.qos == crate::protocol::QoS::AtMostOnce
+            }
+            _ => false,
+        }
     }
 }

@@ -129,23 +129,37 @@ impl Publish {
         d: Delivery,
         out: &mut BytesMut,
     ) -> Result<(), EncodeError> {
+        self.encode_with(version, d, self.topic.as_bytes(), &self.properties, out)
+    }
+
+    /// [`encode_as`](Self::encode_as) with this subscriber's own topic bytes (empty when a
+    /// topic alias names it) and property list (its subscription identifiers, the remaining
+    /// message expiry, a topic alias) in place of the message's.
+    pub fn encode_with(
+        &self,
+        version: Version,
+        d: Delivery,
+        topic: &[u8],
+        properties: &Properties,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         let props = props_len(
-            &self.properties,
+            properties,
             version,
             PropertyContext::Packet(PacketType::Publish),
         )?;
         let id = if d.qos == QoS::AtMostOnce { 0 } else { 2 };
-        let body = 2 + self.topic.len() + id + props.total + self.payload.len();
-        if self.topic.len() > u16::MAX as usize {
+        let body = 2 + topic.len() + id + props.total + self.payload.len();
+        if topic.len() > u16::MAX as usize {
             return Err(EncodeError::FieldTooLong);
         }
         let byte0 = 0x30 | ((d.dup as u8) << 3) | ((d.qos as u8) << 1) | d.retain as u8;
         fixed_header(out, byte0, body)?;
-        put_binary(out, self.topic.as_bytes())?;
+        put_binary(out, topic)?;
         if d.qos != QoS::AtMostOnce {
             out.put_u16(nonzero(d.packet_id)?);
         }
-        write_props(out, &self.properties, version, props)?;
+        write_props(out, properties, version, props)?;
         out.put_slice(&self.payload);
         Ok(())
     }

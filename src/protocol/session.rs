@@ -32,10 +32,12 @@
 //! publish anywhere could reach the new subscriber), then delivers retained messages.
 
 use std::collections::VecDeque;
+use std::ops::Deref;
 use std::sync::Arc;
 
 use ahash::AHashMap;
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 
 use super::encode::Delivery;
 use super::error::Error;
@@ -44,15 +46,54 @@ use super::packet::{
     ConnAck, Connect, Disconnect, Packet, PubAck, Publish, QoS, RetainHandling, SubAck,
     SubscriptionOptions, UnsubAck, Version, Will,
 };
+use super::properties::Properties;
 use super::reason::ReasonCode;
 use super::string::Str;
 use super::topic::{TopicFilter, TopicName};
 
-/// An application message as the broker routes it: shared by every subscriber and shard it
-/// reaches, with packet id 0 and DUP clear (each delivery sets its own).
-pub type Message = Arc<Publish>;
+/// An application message as the broker routes it: the PUBLISH (packet id 0, DUP clear, no
+/// topic alias or subscription identifiers: each delivery sets its own), who published it
+/// (for No Local) and when it expires (Message Expiry Interval, in broker seconds).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppMessage {
+    /// The message as published.
+    pub publish: Publish,
+    /// Client identifier of the publisher (empty for a message of the broker's own).
+    pub origin: Str,
+    /// The broker second at which the message expires, if it has a Message Expiry Interval.
+    pub expires_at: Option<u32>,
+}
 
-/// The bounds one session enforces (from `config::Limits`).
+impl AppMessage {
+    /// A message with no publisher identity and no expiry.
+    pub fn new(publish: Publish) -> Self {
+        Self {
+            publish,
+            origin: Str::default(),
+            expires_at: None,
+        }
+    }
+
+    /// Whether the message's lifetime has passed at second `now`.
+    #[inline]
+    pub fn is_expired(&self, now: u32) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+impl Deref for AppMessage {
+    type Target = Publish;
+    #[inline]
+    fn deref(&self) -> &Publish {
+        &self.publish
+    }
+}
+
+/// A message shared by every subscriber and shard it reaches.
+pub type Message = Arc<AppMessage>;
+
+/// The bounds and features one session enforces (from `config::Limits` and `config::Mqtt`),
+/// shared by every session of a shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionLimits {
     /// Outgoing QoS 1/2 messages unacknowledged at once (further capped by a 5.0 client's
@@ -70,6 +111,30 @@ pub struct SessionLimits {
     pub max_topic_levels: usize,
     /// Bytes waiting to be sent before QoS 0 messages to this client are dropped.
     pub max_write_buffer: usize,
+    /// Largest keep alive granted (0: what the client asks); only 5.0 clients can be told.
+    pub max_keep_alive: u16,
+    /// Incoming QoS 2 messages awaiting PUBREL at once (CONNACK Receive Maximum).
+    pub receive_maximum: u16,
+    /// Topic aliases a client may set (CONNACK Topic Alias Maximum).
+    pub max_topic_aliases: u16,
+    /// Largest Session Expiry Interval granted; the lifetime of a 3.x persistent session.
+    pub max_session_expiry: u32,
+    /// Largest packet accepted (CONNACK Maximum Packet Size).
+    pub max_packet_size: u32,
+    /// Highest QoS accepted and granted.
+    pub maximum_qos: QoS,
+    /// Retained messages supported.
+    pub retain_available: bool,
+    /// Wildcard filters accepted.
+    pub wildcard_subscriptions: bool,
+    /// Subscription Identifiers accepted.
+    pub subscription_identifiers: bool,
+    /// Shared subscriptions accepted.
+    pub shared_subscriptions: bool,
+    /// Topic aliases sent to clients that allow them.
+    pub server_topic_aliases: bool,
+    /// Response Information template (`%c`: client id); empty for none.
+    pub response_information: String,
 }
 
 impl Default for SessionLimits {
@@ -82,6 +147,52 @@ impl Default for SessionLimits {
             max_subscriptions: 1000,
             max_topic_levels: 64,
             max_write_buffer: 4 << 20,
+            max_keep_alive: 0,
+            receive_maximum: 1024,
+            max_topic_aliases: 64,
+            max_session_expiry: u32::MAX,
+            max_packet_size: 1 << 20,
+            maximum_qos: QoS::ExactlyOnce,
+            retain_available: true,
+            wildcard_subscriptions: true,
+            subscription_identifiers: true,
+            shared_subscriptions: true,
+            server_topic_aliases: true,
+            response_information: String::new(),
+        }
+    }
+}
+
+/// One subscription as the session and the shard's index hold it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Subscription {
+    /// The options granted (QoS already capped by the broker's Maximum QoS).
+    pub options: SubscriptionOptions,
+    /// The Subscription Identifier, 0 for none.
+    pub id: u32,
+}
+
+/// How one message goes to one session: what its matching subscriptions grant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// The highest QoS granted by the matching subscriptions.
+    pub qos: QoS,
+    /// The RETAIN flag the client sees.
+    pub retain: bool,
+    /// The Subscription Identifiers of the matching subscriptions (5.0).
+    pub ids: SmallVec<[u32; 2]>,
+    /// The shared subscription (`$share/...` filter) the message was chosen for, if any: it
+    /// goes back to its group when this session leaves without acknowledging it.
+    pub share: Option<TopicFilter>,
+}
+
+impl Grant {
+    /// A plain grant at `qos` with RETAIN `retain`.
+    pub fn qos(qos: QoS, retain: bool) -> Self {
+        Self {
+            qos,
+            retain,
+            ..Self::default()
         }
     }
 }
@@ -93,13 +204,15 @@ pub enum Action {
     /// store: an empty payload deletes).
     Publish(Message),
     /// The client subscribed to `filter` (`is_new`: it did not hold this filter before).
-    /// Update the index and routes, then call [`Session::suback`] after the last one of the
-    /// packet, then deliver retained messages as [`Session::retained_on_subscribe`] says.
+    /// Update the index and routes (or the shared group, for a `$share/` filter), then call
+    /// [`Session::suback`] after the last one of the packet, then deliver retained messages as
+    /// [`Session::retained_on_subscribe`] says.
     Subscribe {
-        /// The filter (never a shared `$share/` one: those are refused in the SUBACK).
+        /// The filter as subscribed (a `$share/{group}/{filter}` one for a shared
+        /// subscription).
         filter: TopicFilter,
-        /// The options granted.
-        options: SubscriptionOptions,
+        /// The subscription granted.
+        sub: Subscription,
         /// Whether the filter is new to this session (false: it replaced a subscription).
         is_new: bool,
     },
@@ -128,7 +241,8 @@ pub enum Delivered {
     Sent,
     /// Waiting in the session's queue (offline, or behind the inflight window).
     Queued,
-    /// Dropped: a QoS 0 message to an offline session or a slow consumer, or a full queue.
+    /// Dropped: a QoS 0 message to an offline session or a slow consumer, a full queue, an
+    /// expired message, or one larger than the client's Maximum Packet Size.
     Dropped,
 }
 
@@ -139,21 +253,56 @@ pub struct DropCounts {
     pub slow_consumer: u64,
     /// Messages dropped because the queue was full.
     pub queue_full: u64,
+    /// Messages whose Message Expiry Interval passed before they could be sent.
+    pub expired: u64,
+    /// Messages larger than the client's Maximum Packet Size [MQTT-3.1.2-25].
+    pub too_large: u64,
 }
 
 /// A message as queued for, or in flight to, this client.
 #[derive(Clone, Debug)]
-struct Outgoing {
-    msg: Message,
-    qos: QoS,
-    retain: bool,
+pub struct Outgoing {
+    /// The message.
+    pub msg: Message,
+    /// QoS of this delivery.
+    pub qos: QoS,
+    /// RETAIN as the client sees it.
+    pub retain: bool,
+    /// Subscription Identifiers attached.
+    pub ids: SmallVec<[u32; 2]>,
+    /// The shared subscription it was chosen for.
+    pub share: Option<TopicFilter>,
 }
 
 impl Outgoing {
     fn cost(&self) -> usize {
         self.msg.payload.len() + self.msg.topic.len()
     }
+
+    /// The grant this message was delivered with (to give it to another group member).
+    pub fn grant(&self) -> Grant {
+        Grant {
+            qos: self.qos,
+            retain: self.retain,
+            ids: self.ids.clone(),
+            share: self.share.clone(),
+        }
+    }
 }
+
+/// Topic aliases of one 5.0 connection, both directions (allocated only when used).
+#[derive(Debug, Default)]
+struct Aliases {
+    /// Client → server: alias − 1 → topic.
+    incoming: Vec<Option<TopicName>>,
+    /// Server → client: topic → alias.
+    outgoing: AHashMap<TopicName, u16>,
+    /// The client's Topic Alias Maximum.
+    outgoing_max: u16,
+}
+
+/// A SUBSCRIBE entry refused: the SUBACK code and, for the Reason String, why.
+type Refusal = (ReasonCode, &'static str);
 
 /// The client identifier a CONNECT is accepted under.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -242,33 +391,53 @@ pub struct Session {
     persistent: bool,
     connected: bool,
     keep_alive: u16,
+    /// Session Expiry Interval in seconds (`u32::MAX`: never).
+    expiry: u32,
+    /// The CONNECT asked for expiry 0: a DISCONNECT may not raise it [MQTT-3.14.2-2].
+    connect_expiry_zero: bool,
+    /// The client wants Reason Strings (Request Problem Information, default 1).
+    problem_info: bool,
+    /// The client's Maximum Packet Size (`u32::MAX`: none).
+    client_max_packet: u32,
     will: Option<Will>,
-    subscriptions: AHashMap<TopicFilter, SubscriptionOptions>,
+    /// A will whose Will Delay Interval runs while the session is offline.
+    delayed_will: Option<Will>,
+    subscriptions: AHashMap<TopicFilter, Subscription>,
     out: OutWindow<Outgoing>,
     inbound: InWindow,
     queue: VecDeque<Outgoing>,
     queued_bytes: usize,
+    aliases: Option<Box<Aliases>>,
+    /// The Reason String for the SUBACK being built (the first refused filter's).
+    suback_why: Option<&'static str>,
     tx: BytesMut,
-    limits: SessionLimits,
+    limits: Arc<SessionLimits>,
     /// What this session dropped so far.
     pub drops: DropCounts,
 }
 
 impl Session {
     /// A new, empty, offline session for `client_id`.
-    pub fn new(client_id: Str, limits: SessionLimits) -> Self {
+    pub fn new(client_id: Str, limits: Arc<SessionLimits>) -> Self {
         Self {
             client_id,
             version: Version::V3_1_1,
             persistent: false,
             connected: false,
             keep_alive: 0,
+            expiry: 0,
+            connect_expiry_zero: true,
+            problem_info: true,
+            client_max_packet: u32::MAX,
             will: None,
+            delayed_will: None,
             subscriptions: AHashMap::new(),
             out: OutWindow::new(limits.max_inflight.max(1)),
-            inbound: InWindow::new(u16::MAX),
+            inbound: InWindow::new(limits.receive_maximum.max(1)),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            aliases: None,
+            suback_why: None,
             tx: BytesMut::new(),
             limits,
             drops: DropCounts::default(),
@@ -295,13 +464,19 @@ impl Session {
         self.persistent
     }
 
+    /// Seconds the session outlives its connection (`u32::MAX`: never expires; 0 for a
+    /// session that ends with its connection).
+    pub fn expiry(&self) -> u32 {
+        if self.persistent { self.expiry } else { 0 }
+    }
+
     /// Keep alive in seconds as granted (0: none).
     pub fn keep_alive(&self) -> u16 {
         self.keep_alive
     }
 
     /// The subscriptions held.
-    pub fn subscriptions(&self) -> impl Iterator<Item = (&TopicFilter, &SubscriptionOptions)> {
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&TopicFilter, &Subscription)> {
         self.subscriptions.iter()
     }
 
@@ -320,6 +495,12 @@ impl Session {
         self.out.len()
     }
 
+    /// Whether a QoS 1/2 message given now would be sent at once (connected, nothing queued,
+    /// room in the window): how shared subscriptions pick a member that is keeping up.
+    pub fn has_room(&self) -> bool {
+        self.connected && self.queue.is_empty() && self.out.has_room()
+    }
+
     /// Bytes waiting in the transmit buffer.
     pub fn tx_len(&self) -> usize {
         self.tx.len()
@@ -334,24 +515,59 @@ impl Session {
 
     /// Attaches a connection whose CONNECT was accepted: takes its version, keep alive
     /// (capped by `max_keep_alive` when non-zero, which only a 5.0 client can be told), will,
-    /// persistence and, for 5.0, Receive Maximum.
-    pub fn attach(&mut self, c: &Connect, max_keep_alive: u16) {
+    /// persistence and session expiry, and for 5.0 its Receive Maximum, Maximum Packet Size,
+    /// Topic Alias Maximum and Request Problem Information. A will still waiting out its delay
+    /// from the previous connection is cancelled [MQTT-3.1.3-9].
+    pub fn attach(&mut self, c: &Connect) {
+        let l = &self.limits;
         self.version = c.version;
         self.connected = true;
         self.persistent = wants_persistence(c);
+        self.expiry = if c.version.is_v5() {
+            c.properties
+                .session_expiry_interval
+                .unwrap_or(0)
+                .min(l.max_session_expiry)
+        } else if self.persistent {
+            l.max_session_expiry
+        } else {
+            0
+        };
+        self.connect_expiry_zero = c.properties.session_expiry_interval.unwrap_or(0) == 0;
         self.will = c.will.clone();
+        self.delayed_will = None;
         self.keep_alive = c.keep_alive;
+        let max_keep_alive = l.max_keep_alive;
         if c.version.is_v5()
             && max_keep_alive > 0
             && (c.keep_alive == 0 || c.keep_alive > max_keep_alive)
         {
             self.keep_alive = max_keep_alive;
         }
-        let receive_max = if c.version.is_v5() {
-            c.properties.receive_maximum.unwrap_or(u16::MAX)
+        let p = &c.properties;
+        let v5 = c.version.is_v5();
+        let receive_max = if v5 {
+            p.receive_maximum.unwrap_or(u16::MAX)
         } else {
             u16::MAX
         };
+        self.problem_info = !v5 || p.request_problem_information != Some(0);
+        self.client_max_packet = if v5 {
+            p.maximum_packet_size.unwrap_or(u32::MAX)
+        } else {
+            u32::MAX
+        };
+        let alias_out = if v5 && l.server_topic_aliases {
+            p.topic_alias_maximum.unwrap_or(0)
+        } else {
+            0
+        };
+        self.aliases = (alias_out > 0).then(|| {
+            Box::new(Aliases {
+                outgoing_max: alias_out,
+                ..Aliases::default()
+            })
+        });
         self.out
             .set_capacity(self.limits.max_inflight.min(receive_max).max(1));
         self.tx.clear();
@@ -360,12 +576,17 @@ impl Session {
     /// Encodes the CONNACK accepting the connection, then replays the inflight window (PUBLISH
     /// with DUP, or PUBREL [MQTT-4.4.0-1]) and sends what the queue holds, as the window allows.
     ///
-    /// `assigned` is the identifier the broker chose for a 5.0 client that sent none.
+    /// For 5.0 the CONNACK announces the broker's limits and features (§3.2.2.3): Receive
+    /// Maximum, Maximum Packet Size, Topic Alias Maximum, Maximum QoS and the availability
+    /// flags when something is off, the granted Session Expiry and Server Keep Alive when they
+    /// differ from what was asked, the Assigned Client Identifier, and Response Information
+    /// when requested.
     pub fn connack(
         &mut self,
         session_present: bool,
-        requested_keep_alive: u16,
+        c: &Connect,
         assigned: Option<&Str>,
+        now: u32,
     ) {
         let mut ack = ConnAck {
             session_present,
@@ -373,65 +594,135 @@ impl Session {
             properties: Default::default(),
         };
         if self.version.is_v5() {
+            let l = &self.limits;
+            let p = &mut ack.properties;
             if let Some(id) = assigned {
-                ack.properties.assigned_client_identifier = Some(id.clone());
+                p.assigned_client_identifier = Some(id.clone());
             }
-            if self.keep_alive != requested_keep_alive {
-                ack.properties.server_keep_alive = Some(self.keep_alive);
+            if self.keep_alive != c.keep_alive {
+                p.server_keep_alive = Some(self.keep_alive);
+            }
+            let asked = c.properties.session_expiry_interval.unwrap_or(0);
+            if asked != self.expiry {
+                p.session_expiry_interval = Some(self.expiry);
+            }
+            p.receive_maximum = Some(l.receive_maximum);
+            p.maximum_packet_size = Some(l.max_packet_size);
+            p.topic_alias_maximum = Some(l.max_topic_aliases);
+            if l.maximum_qos != QoS::ExactlyOnce {
+                p.maximum_qos = Some(l.maximum_qos as u8);
+            }
+            if !l.retain_available {
+                p.retain_available = Some(0);
+            }
+            if !l.wildcard_subscriptions {
+                p.wildcard_subscription_available = Some(0);
+            }
+            if !l.subscription_identifiers {
+                p.subscription_identifier_available = Some(0);
+            }
+            if !l.shared_subscriptions {
+                p.shared_subscription_available = Some(0);
+            }
+            if c.properties.request_response_information == Some(1)
+                && !l.response_information.is_empty()
+            {
+                let info = l
+                    .response_information
+                    .replace("%c", self.client_id.as_str());
+                p.response_information = Str::new(Bytes::from(info)).ok();
             }
         }
         let _ = Packet::ConnAck(ack).encode(self.version, &mut self.tx);
         let version = self.version;
-        for (id, state, msg) in self.out.replay() {
-            match (state, msg) {
+        let replay: Vec<(u16, OutState, Option<Outgoing>)> = self
+            .out
+            .replay()
+            .map(|(id, state, o)| (id, state, o.cloned()))
+            .collect();
+        for (id, state, o) in replay {
+            match (state, o) {
                 (OutState::AwaitPubComp, _) => {
                     let _ = Packet::PubRel(PubAck::new(id)).encode(version, &mut self.tx);
                 }
                 (_, Some(o)) => {
-                    let d = Delivery {
-                        dup: true,
-                        qos: o.qos,
-                        retain: o.retain,
-                        packet_id: id,
-                    };
-                    let _ = o.msg.encode_as(version, d, &mut self.tx);
+                    self.encode_out(&o, true, id, now);
                 }
                 (_, None) => {}
             }
         }
-        self.pump();
+        self.pump(now);
     }
 
-    /// Detaches the connection. Returns the will to publish, if the session still holds one
-    /// (the connection ended without DISCONNECT). Unsent bytes are dropped; the window and
-    /// queue stay for a persistent session's next connection.
+    /// Detaches the connection. Returns the will to publish now, if the session still holds
+    /// one (the connection ended without DISCONNECT) and it has no Will Delay Interval to wait
+    /// out (a session that ends now publishes at once); a delayed will stays in the session
+    /// ([`will_delay`](Self::will_delay), [`take_delayed_will`](Self::take_delayed_will)).
+    /// Unsent bytes are dropped; the window and queue stay for a persistent session's next
+    /// connection.
     pub fn detach(&mut self) -> Option<Will> {
         self.connected = false;
         self.tx = BytesMut::new();
-        self.will.take()
+        self.aliases = None;
+        let will = self.will.take()?;
+        let delay = will.properties.will_delay_interval.unwrap_or(0);
+        if delay > 0 && self.expiry() > 0 {
+            self.delayed_will = Some(will);
+            return None;
+        }
+        Some(will)
+    }
+
+    /// Seconds until the delayed will is due, counted from the detach: the Will Delay
+    /// Interval or the session's end, whichever comes first [MQTT-3.1.3-9]. `None` when no
+    /// will waits.
+    pub fn will_delay(&self) -> Option<u32> {
+        let w = self.delayed_will.as_ref()?;
+        let delay = w.properties.will_delay_interval.unwrap_or(0);
+        Some(delay.min(self.expiry()))
+    }
+
+    /// Takes the delayed will (its delay ran out, or the session ended).
+    pub fn take_delayed_will(&mut self) -> Option<Will> {
+        self.delayed_will.take()
     }
 
     /// Encodes a 5.0 DISCONNECT with `reason` (3.x has no server DISCONNECT: the shard just
     /// closes). Used for protocol errors, takeover (0x8E), keep alive timeout (0x8D).
     pub fn disconnect_with(&mut self, reason: ReasonCode) {
+        self.disconnect_because(reason, None);
+    }
+
+    /// [`disconnect_with`](Self::disconnect_with), with a Reason String when the client asked
+    /// for problem information.
+    pub fn disconnect_because(&mut self, reason: ReasonCode, why: Option<&'static str>) {
         if self.version.is_v5() && self.connected {
-            let d = Disconnect {
+            let mut d = Disconnect {
                 reason,
                 properties: Default::default(),
             };
+            if let Some(why) = why.filter(|_| self.problem_info) {
+                d.properties.reason_string = Some(Str::from(why));
+            }
             let _ = Packet::Disconnect(d).encode(self.version, &mut self.tx);
         }
     }
 
-    /// Handles one packet from the connected client. `Err` is a protocol violation: send
-    /// [`disconnect_with`](Self::disconnect_with)`(err.reason)` and close.
-    pub fn handle(&mut self, packet: Packet, actions: &mut Vec<Action>) -> Result<(), Error> {
+    /// Handles one packet from the connected client at broker second `now`. `Err` is a
+    /// protocol violation: send [`disconnect_because`](Self::disconnect_because)`(err.reason)`
+    /// and close.
+    pub fn handle(
+        &mut self,
+        packet: Packet,
+        now: u32,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Error> {
         let version = self.version;
         match packet {
-            Packet::Publish(p) => self.publish_in(p, actions)?,
+            Packet::Publish(p) => self.publish_in(p, now, actions)?,
             Packet::PubAck(a) => {
                 if let AckOutcome::Completed(_) = self.out.puback(a.packet_id) {
-                    self.pump();
+                    self.pump(now);
                 }
             }
             Packet::PubRec(a) => {
@@ -446,7 +737,7 @@ impl Session {
                         let _ =
                             Packet::PubRel(PubAck::new(a.packet_id)).encode(version, &mut self.tx);
                     }
-                    AckOutcome::Completed(_) => self.pump(),
+                    AckOutcome::Completed(_) => self.pump(now),
                     AckOutcome::Unknown if version.is_v5() && !failed => {
                         let mut rel = PubAck::new(a.packet_id);
                         rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
@@ -457,7 +748,7 @@ impl Session {
             }
             Packet::PubComp(a) => {
                 if let AckOutcome::Completed(_) = self.out.pubcomp(a.packet_id) {
-                    self.pump();
+                    self.pump(now);
                 }
             }
             Packet::PubRel(a) => {
@@ -468,14 +759,21 @@ impl Session {
                 let _ = Packet::PubComp(comp).encode(version, &mut self.tx);
             }
             Packet::Subscribe(s) => {
+                let id = s.properties.subscription_identifiers.first().copied();
                 let mut reasons = Vec::with_capacity(s.filters.len());
+                let mut why = None;
                 for (filter, options) in s.filters {
-                    reasons.push(self.subscribe_one(filter, options, actions));
+                    let r = self.subscribe_one(filter, options, id, actions)?;
+                    if let Err(e) = &r {
+                        why.get_or_insert(*e);
+                    }
+                    reasons.push(r.unwrap_or_else(|(code, _)| code));
                 }
                 actions.push(Action::SubAck {
                     packet_id: s.packet_id,
                     reasons,
                 });
+                self.suback_why = why.map(|(_, text)| text);
             }
             Packet::Unsubscribe(u) => {
                 let mut reasons = Vec::with_capacity(u.filters.len());
@@ -498,6 +796,16 @@ impl Session {
                 let _ = Packet::PingResp.encode(version, &mut self.tx);
             }
             Packet::Disconnect(d) => {
+                if let Some(e) = d.properties.session_expiry_interval {
+                    if self.connect_expiry_zero && e != 0 {
+                        return Err(Error::protocol(
+                            "MQTT-3.14.2-2",
+                            "DISCONNECT sets a Session Expiry Interval after CONNECT set 0",
+                        ));
+                    }
+                    self.expiry = e.min(self.limits.max_session_expiry);
+                    self.persistent = self.expiry > 0;
+                }
                 let publish_will = d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE;
                 if !publish_will {
                     // [MQTT-3.14.4-3]: a DISCONNECT discards the will.
@@ -524,7 +832,72 @@ impl Session {
         Ok(())
     }
 
-    fn publish_in(&mut self, p: Publish, actions: &mut Vec<Action>) -> Result<(), Error> {
+    /// Resolves a client PUBLISH's Topic Alias (§3.3.2.3.4): sets it when the PUBLISH names a
+    /// topic, looks it up when the topic is empty.
+    fn resolve_alias(&mut self, p: &mut Publish) -> Result<(), Error> {
+        let Some(alias) = p.properties.topic_alias else {
+            if p.topic.is_empty() {
+                return Err(Error::protocol(
+                    "MQTT-3.3.2-1",
+                    "PUBLISH with an empty topic and no Topic Alias",
+                ));
+            }
+            return Ok(());
+        };
+        let max = self.limits.max_topic_aliases;
+        if alias == 0 || alias > max {
+            return Err(Error::with_reason(
+                "MQTT-3.3.2-9",
+                "Topic Alias 0 or above the broker's Topic Alias Maximum",
+                ReasonCode::TOPIC_ALIAS_INVALID,
+            ));
+        }
+        p.properties.topic_alias = None;
+        let aliases = self.aliases.get_or_insert_with(Default::default);
+        if aliases.incoming.len() < usize::from(max) {
+            aliases.incoming.resize(usize::from(max), None);
+        }
+        let slot = &mut aliases.incoming[usize::from(alias) - 1];
+        if p.topic.is_empty() {
+            match slot {
+                Some(t) => p.topic = t.clone(),
+                None => {
+                    return Err(Error::protocol(
+                        "§3.3.2.3.4",
+                        "PUBLISH names its topic by an alias that was never set",
+                    ));
+                }
+            }
+        } else {
+            // Kept past this read: copy it out of the read buffer.
+            *slot = Some(TopicName::new_unchecked(Bytes::copy_from_slice(
+                p.topic.as_bytes(),
+            )));
+        }
+        Ok(())
+    }
+
+    fn publish_in(
+        &mut self,
+        mut p: Publish,
+        now: u32,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Error> {
+        let version = self.version;
+        if version.is_v5() && !p.properties.is_empty() {
+            self.resolve_alias(&mut p)?;
+            if !p.properties.subscription_identifiers.is_empty() {
+                return Err(Error::protocol(
+                    "MQTT-3.3.4-6",
+                    "a client PUBLISH carries a Subscription Identifier",
+                ));
+            }
+        } else if p.topic.is_empty() {
+            return Err(Error::protocol(
+                "MQTT-3.3.2-1",
+                "PUBLISH with an empty topic and no Topic Alias",
+            ));
+        }
         // A topic shorter than the limit cannot have more levels than it: skip the count.
         if p.topic.len() >= self.limits.max_topic_levels
             && levels(p.topic.as_bytes()) > self.limits.max_topic_levels
@@ -535,19 +908,42 @@ impl Session {
                 ReasonCode::TOPIC_NAME_INVALID,
             ));
         }
-        let version = self.version;
+        if p.retain && !self.limits.retain_available {
+            return Err(Error::with_reason(
+                "MQTT-3.3.1-7",
+                "PUBLISH with RETAIN while Retain Available is 0",
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+            ));
+        }
+        if p.qos > self.limits.maximum_qos {
+            return Err(Error::with_reason(
+                "MQTT-3.2.2-11",
+                "PUBLISH with a QoS above the broker's Maximum QoS",
+                ReasonCode::QOS_NOT_SUPPORTED,
+            ));
+        }
         let id = p.packet_id;
+        let origin = self.client_id.clone();
+        let expires_at = p
+            .properties
+            .message_expiry_interval
+            .map(|e| now.saturating_add(e));
         let message = |p: Publish| {
-            if p.qos == QoS::AtMostOnce && !p.retain {
+            let publish = if p.qos == QoS::AtMostOnce && !p.retain {
                 // Delivered and dropped within this loop turn, or copied where it is kept.
-                Arc::new(Publish {
+                Publish {
                     dup: false,
                     packet_id: 0,
                     ..p
-                })
+                }
             } else {
-                Arc::new(detached(&p))
-            }
+                detached(&p)
+            };
+            Arc::new(AppMessage {
+                publish,
+                origin,
+                expires_at,
+            })
         };
         match p.qos {
             QoS::AtMostOnce => actions.push(Action::Publish(message(p))),
@@ -575,59 +971,111 @@ impl Session {
         Ok(())
     }
 
+    /// One SUBSCRIBE entry: `Ok(Ok(granted QoS))`, `Ok(Err(refusal))`, or `Err` for a
+    /// protocol violation that ends the connection.
     fn subscribe_one(
         &mut self,
         filter: TopicFilter,
         options: SubscriptionOptions,
+        id: Option<u32>,
         actions: &mut Vec<Action>,
-    ) -> ReasonCode {
+    ) -> Result<Result<ReasonCode, Refusal>, Error> {
         let v5 = self.version.is_v5();
-        if filter.shared().is_some() {
-            return if v5 {
-                ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-            } else {
-                ReasonCode::UNSPECIFIED_ERROR
-            };
+        let l = &self.limits;
+        // 3.x has one failure code, 0x80.
+        let fail = |code: ReasonCode, why: &'static str| {
+            Ok(Err((
+                if v5 {
+                    code
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                },
+                why,
+            )))
+        };
+        let shared = filter.shared().is_some();
+        if shared {
+            if !l.shared_subscriptions {
+                return fail(
+                    ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+                    "shared subscriptions are disabled on this broker",
+                );
+            }
+            if options.no_local {
+                return Err(Error::protocol(
+                    "MQTT-3.8.3-4",
+                    "No Local set on a shared subscription",
+                ));
+            }
         }
-        if levels(filter.as_bytes()) > self.limits.max_topic_levels {
-            return if v5 {
-                ReasonCode::TOPIC_FILTER_INVALID
-            } else {
-                ReasonCode::UNSPECIFIED_ERROR
-            };
+        if !l.wildcard_subscriptions && filter.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
+            return fail(
+                ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED,
+                "wildcard subscriptions are disabled on this broker",
+            );
+        }
+        if id.is_some() && !l.subscription_identifiers {
+            return fail(
+                ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+                "subscription identifiers are disabled on this broker",
+            );
+        }
+        if levels(filter.as_bytes()) > l.max_topic_levels + 2 * usize::from(shared) {
+            return fail(
+                ReasonCode::TOPIC_FILTER_INVALID,
+                "the filter has more levels than the broker allows",
+            );
         }
         let is_new = !self.subscriptions.contains_key(&filter);
-        if is_new && self.subscriptions.len() >= self.limits.max_subscriptions {
-            return if v5 {
-                ReasonCode::QUOTA_EXCEEDED
-            } else {
-                ReasonCode::UNSPECIFIED_ERROR
-            };
+        if is_new && self.subscriptions.len() >= l.max_subscriptions {
+            return fail(
+                ReasonCode::QUOTA_EXCEEDED,
+                "the client holds as many subscriptions as the broker allows",
+            );
         }
-        self.subscriptions.insert(filter.clone(), options);
+        let options = SubscriptionOptions {
+            qos: options.qos.min(l.maximum_qos),
+            ..options
+        };
+        let sub = Subscription {
+            options,
+            id: id.unwrap_or(0),
+        };
+        self.subscriptions.insert(filter.clone(), sub);
         actions.push(Action::Subscribe {
             filter,
-            options,
+            sub,
             is_new,
         });
         // Granted QoS 0, 1 or 2 are reason codes 0x00, 0x01, 0x02.
-        ReasonCode(options.qos as u8)
+        Ok(Ok(ReasonCode(options.qos as u8)))
     }
 
     /// Encodes the SUBACK for a SUBSCRIBE whose routes are now visible.
     pub fn suback(&mut self, packet_id: u16, reasons: Vec<ReasonCode>) {
-        let ack = SubAck {
+        let mut ack = SubAck {
             packet_id,
             reasons,
             properties: Default::default(),
         };
+        if let Some(why) = self.suback_why.take().filter(|_| self.problem_info) {
+            ack.properties.reason_string = Some(Str::from(why));
+        }
         let _ = Packet::SubAck(ack).encode(self.version, &mut self.tx);
     }
 
     /// Whether retained messages go to the client for this subscription: always in 3.x (a
     /// replaced identical subscription re-sends them, [MQTT-3.8.4-3]); in 5.0 as Retain
-    /// Handling says.
-    pub fn retained_on_subscribe(&self, options: &SubscriptionOptions, is_new: bool) -> bool {
+    /// Handling says. Never for a shared subscription (§4.8.2).
+    pub fn retained_on_subscribe(
+        &self,
+        filter: &TopicFilter,
+        options: &SubscriptionOptions,
+        is_new: bool,
+    ) -> bool {
+        if filter.shared().is_some() {
+            return false;
+        }
         if !self.version.is_v5() {
             return true;
         }
@@ -644,16 +1092,22 @@ impl Session {
         self.will.take()
     }
 
-    /// Delivers `msg` to this client at `min(msg.qos, granted)` with the RETAIN flag `retain`:
-    /// QoS 0 straight into the transmit buffer (dropped if the client is offline or not
-    /// reading), QoS 1/2 through the window, or the queue when the window is full or the
-    /// client is offline.
-    pub fn deliver(&mut self, msg: &Message, granted: QoS, retain: bool) -> Delivered {
-        let qos = msg.qos.min(granted);
+    /// Delivers `msg` to this client as `grant` says, at broker second `now`: QoS 0 straight
+    /// into the transmit buffer (dropped if the client is offline or not reading), QoS 1/2
+    /// through the window, or the queue when the window is full or the client is offline.
+    /// An expired message is dropped.
+    pub fn deliver(&mut self, msg: &Message, grant: Grant, now: u32) -> Delivered {
+        if msg.is_expired(now) {
+            self.drops.expired += 1;
+            return Delivered::Dropped;
+        }
+        let qos = msg.qos.min(grant.qos);
         let o = Outgoing {
             msg: msg.clone(),
             qos,
-            retain,
+            retain: grant.retain,
+            ids: grant.ids,
+            share: grant.share,
         };
         if qos == QoS::AtMostOnce {
             if self.connected {
@@ -661,29 +1115,75 @@ impl Session {
                     self.drops.slow_consumer += 1;
                     return Delivered::Dropped;
                 }
-                let d = Delivery {
-                    dup: false,
-                    qos,
-                    retain,
-                    packet_id: 0,
+                return if self.encode_out(&o, false, 0, now) {
+                    Delivered::Sent
+                } else {
+                    Delivered::Dropped
                 };
-                let _ = msg.encode_as(self.version, d, &mut self.tx);
-                return Delivered::Sent;
             }
             if !(self.persistent && self.limits.queue_qos0_offline) {
                 return Delivered::Dropped;
             }
             let o = Outgoing {
-                msg: Arc::new(detached(msg)),
+                msg: Arc::new(AppMessage {
+                    publish: detached(msg),
+                    origin: msg.origin.clone(),
+                    expires_at: msg.expires_at,
+                }),
                 ..o
             };
             return self.enqueue(o);
         }
         if self.connected && self.queue.is_empty() && self.out.has_room() {
-            self.send_windowed(o);
-            return Delivered::Sent;
+            return self.send_windowed(o, now);
         }
         self.enqueue(o)
+    }
+
+    /// Encodes one delivery into the transmit buffer with this client's per-delivery
+    /// properties (5.0: subscription identifiers, the remaining expiry, a topic alias).
+    /// Returns false, encoding nothing, when the frame exceeds the client's Maximum Packet
+    /// Size [MQTT-3.1.2-24].
+    fn encode_out(&mut self, o: &Outgoing, dup: bool, packet_id: u16, now: u32) -> bool {
+        let d = Delivery {
+            dup,
+            qos: o.qos,
+            retain: o.retain,
+            packet_id,
+        };
+        let before = self.tx.len();
+        let version = self.version;
+        let extras = version.is_v5()
+            && (!o.ids.is_empty() || o.msg.expires_at.is_some() || self.aliases.is_some());
+        if !extras {
+            let _ = o.msg.encode_as(version, d, &mut self.tx);
+        } else {
+            let mut props: Properties = o.msg.properties.clone();
+            if !o.ids.is_empty() {
+                props.subscription_identifiers = o.ids.to_vec();
+            }
+            if let Some(at) = o.msg.expires_at {
+                props.message_expiry_interval = Some(at.saturating_sub(now));
+            }
+            let mut topic = o.msg.topic.as_bytes();
+            if let Some(a) = self.aliases.as_deref_mut() {
+                if let Some(&alias) = a.outgoing.get(&o.msg.topic) {
+                    props.topic_alias = Some(alias);
+                    topic = &[];
+                } else if a.outgoing.len() < usize::from(a.outgoing_max) {
+                    let alias = a.outgoing.len() as u16 + 1;
+                    a.outgoing.insert(o.msg.topic.clone(), alias);
+                    props.topic_alias = Some(alias);
+                }
+            }
+            let _ = o.msg.encode_with(version, d, topic, &props, &mut self.tx);
+        }
+        if self.tx.len() - before > self.client_max_packet as usize {
+            self.tx.truncate(before);
+            self.drops.too_large += 1;
+            return false;
+        }
+        true
     }
 
     fn enqueue(&mut self, o: Outgoing) -> Delivered {
@@ -712,31 +1212,36 @@ impl Session {
         Delivered::Queued
     }
 
-    fn send_windowed(&mut self, o: Outgoing) {
+    fn send_windowed(&mut self, o: Outgoing, now: u32) -> Delivered {
         let qos2 = o.qos == QoS::ExactlyOnce;
-        let msg = o.msg.clone();
-        let (qos, retain) = (o.qos, o.retain);
+        let copy = o.clone();
         match self.out.push(o, qos2) {
             Ok(packet_id) => {
-                let d = Delivery {
-                    dup: false,
-                    qos,
-                    retain,
-                    packet_id,
-                };
-                let _ = msg.encode_as(self.version, d, &mut self.tx);
+                if self.encode_out(&copy, false, packet_id, now) {
+                    Delivered::Sent
+                } else {
+                    // Too large for the client: behave as if it had been delivered
+                    // [MQTT-3.1.2-25].
+                    if qos2 {
+                        self.out.pubrec_failed(packet_id);
+                    } else {
+                        self.out.puback(packet_id);
+                    }
+                    Delivered::Dropped
+                }
             }
             Err(o) => {
                 // The window was full after all: keep the message at the head of the queue.
                 self.queued_bytes += o.cost();
                 self.queue.push_front(o);
+                Delivered::Queued
             }
         }
     }
 
     /// Moves queued messages into the window (and QoS 0 ones straight out) while the client
-    /// is connected and the window has room.
-    fn pump(&mut self) {
+    /// is connected and the window has room; expired ones are dropped on the way.
+    fn pump(&mut self, now: u32) {
         while self.connected {
             let Some(front) = self.queue.front() else {
                 return;
@@ -748,18 +1253,55 @@ impl Session {
                 return;
             };
             self.queued_bytes -= o.cost();
+            if o.msg.is_expired(now) {
+                self.drops.expired += 1;
+                continue;
+            }
             if o.qos == QoS::AtMostOnce {
-                let d = Delivery {
-                    dup: false,
-                    qos: o.qos,
-                    retain: o.retain,
-                    packet_id: 0,
-                };
-                let _ = o.msg.encode_as(self.version, d, &mut self.tx);
+                self.encode_out(&o, false, 0, now);
             } else {
-                self.send_windowed(o);
+                self.send_windowed(o, now);
             }
         }
+    }
+
+    /// Takes every queued and unacknowledged message that was chosen for a shared
+    /// subscription (the session is leaving: they go to other members of their groups).
+    /// QoS 2 messages already PUBREC'd stay: the client has them.
+    pub fn take_shared(&mut self) -> Vec<Outgoing> {
+        let mut taken = Vec::new();
+        if self.queue.iter().any(|o| o.share.is_some()) {
+            let mut kept = VecDeque::with_capacity(self.queue.len());
+            for o in self.queue.drain(..) {
+                if o.share.is_some() {
+                    self.queued_bytes -= o.cost();
+                    taken.push(o);
+                } else {
+                    kept.push_back(o);
+                }
+            }
+            self.queue = kept;
+        }
+        let ids: Vec<(u16, bool)> = self
+            .out
+            .replay()
+            .filter_map(|(id, state, o)| {
+                let o = o?;
+                (o.share.is_some() && state != OutState::AwaitPubComp)
+                    .then_some((id, o.qos == QoS::ExactlyOnce))
+            })
+            .collect();
+        for (id, qos2) in ids {
+            let outcome = if qos2 {
+                self.out.pubrec_failed(id)
+            } else {
+                self.out.puback(id)
+            };
+            if let AckOutcome::Completed(Some(o)) = outcome {
+                taken.push(o);
+            }
+        }
+        taken
     }
 
     /// Forgets every subscription (returning them, for the shard to remove from its index)
@@ -769,7 +1311,7 @@ impl Session {
         self.queue.clear();
         self.queued_bytes = 0;
         self.out = OutWindow::new(self.limits.max_inflight.max(1));
-        self.inbound = InWindow::new(u16::MAX);
+        self.inbound = InWindow::new(self.limits.receive_maximum.max(1));
         filters
     }
 }

@@ -206,14 +206,13 @@ async fn read_loop(
     conn: &Rc<ConnShared>,
     rd: &mut OwnedReadHalf<TcpStream>,
 ) -> &'static str {
-    let (read_buffer, max_packet, max_client_id, max_keep_alive) = {
+    let (read_buffer, max_packet, max_client_id) = {
         let s = shard.borrow();
         let l = &s.shared.config.limits;
         (
             l.read_buffer.max(IDLE_BUFFER),
             l.max_packet_size,
             l.max_client_id_len,
-            l.max_keep_alive_secs,
         )
     };
     let mut buf = BytesMut::with_capacity(IDLE_BUFFER);
@@ -247,6 +246,16 @@ async fn read_loop(
         }
     };
     let version = connect.version;
+
+    // Enhanced authentication (§4.12): no method is configured, so a CONNECT naming one is
+    // refused with 0x8C [MQTT-4.12.0-1].
+    if version.is_v5() && connect.properties.authentication_method.is_some() {
+        let mut out = BytesMut::new();
+        encode_refusal(version, ReasonCode::BAD_AUTHENTICATION_METHOD, &mut out);
+        conn.leftover.borrow_mut().extend_from_slice(&out);
+        conn.wake_writer();
+        return "unsupported authentication method";
+    }
 
     let accepted = {
         let s = shard.borrow();
@@ -298,10 +307,11 @@ async fn read_loop(
                 false,
             ),
         };
-        session.attach(&connect, max_keep_alive);
+        session.attach(&connect);
         let keep_alive = session.keep_alive();
         let assigned = accepted.assigned.then_some(&accepted.client_id);
-        session.connack(present, connect.keep_alive, assigned);
+        let now = s.now;
+        session.connack(present, &connect, assigned, now);
         let grace = if keep_alive == 0 {
             u32::MAX
         } else {
@@ -322,15 +332,16 @@ async fn read_loop(
         // Handle every whole frame in the buffer.
         loop {
             let mut s = shard.borrow_mut();
+            let now = s.now;
             let Some(e) = s.sessions.get_mut(slot).filter(|e| e.token == conn.token) else {
                 return "session taken over";
             };
             match decode(&mut buf, version, max_packet) {
                 Ok(Some(p)) => {
-                    let r = e.session.handle(p, &mut actions);
+                    let r = e.session.handle(p, now, &mut actions);
                     if let Err(err) = r {
                         tracing::debug!(token = conn.token, error = %err, "protocol error");
-                        e.session.disconnect_with(err.reason);
+                        e.session.disconnect_because(err.reason, Some(err.what));
                         conn.wake_writer();
                         return "protocol error";
                     }
@@ -345,7 +356,7 @@ async fn read_loop(
                 Ok(None) => break,
                 Err(err) => {
                     tracing::debug!(token = conn.token, error = %err, "malformed packet");
-                    e.session.disconnect_with(err.reason);
+                    e.session.disconnect_because(err.reason, Some(err.what));
                     conn.wake_writer();
                     return "malformed packet";
                 }

@@ -29,8 +29,8 @@ use super::listen::bind_shared;
 use super::spawn::{run_on_runtime, spawn_pinned};
 use super::state::{Shard, ShardWaker, Shared};
 use crate::config::Config;
-use crate::index::Routes;
 use crate::index::routes::MAX_SHARDS;
+use crate::index::{Routes, SharedRoutes};
 use crate::mesh::{Consumer, Doorbell, Envelope, Park, Producer, channel};
 use crate::protocol::ReasonCode;
 
@@ -87,6 +87,8 @@ pub fn start(config: Config) -> Result<Broker, String> {
 
     let shared = Arc::new(Shared {
         routes: Routes::new(),
+        shared_routes: SharedRoutes::new(),
+        start: Instant::now(),
         doorbells: (0..n)
             .map(|_| Doorbell::new(ShardWaker::default()))
             .collect(),
@@ -199,7 +201,7 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListen
 }
 
 async fn ticker(shard: Rc<RefCell<Shard>>) {
-    let start = Instant::now();
+    let start = shard.borrow().shared.start;
     let mut expired: Vec<Rc<ConnShared>> = Vec::new();
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
@@ -216,6 +218,7 @@ async fn ticker(shard: Rc<RefCell<Shard>>) {
             }
             c.close();
         }
+        s.run_timers(now);
     }
 }
 

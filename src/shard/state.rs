@@ -3,23 +3,28 @@
 //! applying a subscription, the takeover protocol). Everything here runs on the shard's own
 //! thread, inside short `RefCell` borrows that never span an `.await`.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Waker;
+use std::time::Instant;
 
 use ahash::AHashMap;
 use atomic_waker::AtomicWaker;
 use slab::Slab;
+use smallvec::SmallVec;
 
 use super::conn::ConnShared;
 use super::wheel::Wheel;
 use crate::config::Config;
-use crate::index::{LocalIndex, RetainedStore, Routes};
+use crate::index::{LocalIndex, RetainedStore, Routes, SharedRoutes};
 use crate::mesh::{Consumer, Doorbell, Envelope, Producer, Wake};
-use crate::protocol::session::{Action, Message, Session, SessionLimits};
-use crate::protocol::{Publish, ReasonCode, Str, SubscriptionOptions, TopicFilter, Will};
+use crate::protocol::session::{
+    Action, AppMessage, Grant, Message, Outgoing, Session, SessionLimits, Subscription,
+};
+use crate::protocol::{Properties, Publish, QoS, ReasonCode, Str, TopicFilter, TopicName, Will};
 
 /// Wakes a parked shard's mesh pump from another shard's thread.
 #[derive(Debug, Default)]
@@ -50,6 +55,11 @@ pub struct Shared {
     pub config: Config,
     /// Filter → shards with subscribers.
     pub routes: Routes,
+    /// Shared-subscription group → shards with members.
+    pub shared_routes: SharedRoutes,
+    /// The broker's clock origin: every shard counts seconds from it, so message expiry
+    /// deadlines mean the same on every shard.
+    pub start: Instant,
     /// One doorbell per shard.
     pub doorbells: Vec<Doorbell<ShardWaker>>,
     /// Connections open broker-wide (bounded by `Limits::max_connections`).
@@ -67,6 +77,29 @@ pub struct Stats {
     pub delivered: u64,
     /// QoS 0 publishes dropped because a ring and its overflow were full.
     pub ring_dropped: u64,
+    /// Shared-subscription messages that found no member on any shard.
+    pub shared_dropped: u64,
+    /// Sessions ended by their Session Expiry Interval.
+    pub sessions_expired: u64,
+}
+
+/// What a shard timer does when it fires (checked against the session's token first, so a
+/// session that reconnected or went away meanwhile ignores it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Publish the session's delayed will.
+    Will,
+    /// End the session: its Session Expiry Interval ran out.
+    Expire,
+}
+
+/// The members of one shared-subscription group on this shard.
+#[derive(Debug, Default)]
+struct Group {
+    /// Session slot and its subscription, in arrival order.
+    members: Vec<(u32, Subscription)>,
+    /// Where the round-robin starts next.
+    next: usize,
 }
 
 /// A session living on this shard, with its connection if one is attached.
@@ -98,9 +131,14 @@ pub struct Shard {
     pub count: usize,
     /// What all shards share.
     pub shared: Arc<Shared>,
-    /// Session bounds from the config.
-    pub limits: SessionLimits,
-    index: LocalIndex<u32, SubscriptionOptions>,
+    /// Session bounds and features from the config, shared by this shard's sessions.
+    pub limits: Arc<SessionLimits>,
+    index: LocalIndex<u32, Subscription>,
+    groups: AHashMap<TopicFilter, Group>,
+    /// (deadline second, connection token, session slot, what): timers of parked sessions.
+    timers: BinaryHeap<Reverse<(u32, u64, usize, Timer)>>,
+    /// Round-robin position for groups on other shards.
+    shared_next: usize,
     retained: RetainedStore<Message>,
     /// Sessions on this shard.
     pub sessions: Slab<Entry>,
@@ -123,8 +161,8 @@ pub struct Shard {
     pub wheel: Wheel<Rc<ConnShared>>,
     /// Counters.
     pub stats: Stats,
-    matches: Vec<(u32, SubscriptionOptions)>,
-    subscribed: Vec<(TopicFilter, SubscriptionOptions, bool)>,
+    matches: Vec<(u32, Subscription)>,
+    subscribed: Vec<(TopicFilter, Subscription, bool)>,
 }
 
 /// The directory shard of a client identifier.
@@ -144,7 +182,8 @@ impl Shard {
         inbound: Vec<Consumer<Envelope>>,
     ) -> Self {
         let l = &shared.config.limits;
-        let limits = SessionLimits {
+        let m = &shared.config.mqtt;
+        let limits = Arc::new(SessionLimits {
             max_inflight: l.max_inflight,
             max_queued_messages: l.max_queued_messages,
             max_queued_bytes: l.max_queued_bytes,
@@ -152,7 +191,19 @@ impl Shard {
             max_subscriptions: l.max_subscriptions_per_client,
             max_topic_levels: l.max_topic_levels,
             max_write_buffer: l.max_write_buffer,
-        };
+            max_keep_alive: l.max_keep_alive_secs,
+            receive_maximum: l.receive_maximum,
+            max_topic_aliases: l.max_topic_aliases,
+            max_session_expiry: l.max_session_expiry_secs,
+            max_packet_size: l.max_packet_size,
+            maximum_qos: QoS::from_u8(m.maximum_qos).unwrap_or(QoS::ExactlyOnce),
+            retain_available: m.retain_available,
+            wildcard_subscriptions: m.wildcard_subscriptions,
+            subscription_identifiers: m.subscription_identifiers,
+            shared_subscriptions: m.shared_subscriptions,
+            server_topic_aliases: m.server_topic_aliases,
+            response_information: m.response_information.clone(),
+        });
         let count = out.len();
         Self {
             id,
@@ -161,6 +212,9 @@ impl Shard {
             shared,
             limits,
             index: LocalIndex::new(),
+            groups: AHashMap::new(),
+            timers: BinaryHeap::new(),
+            shared_next: 0,
             sessions: Slab::new(),
             by_id: AHashMap::new(),
             directory: AHashMap::new(),
@@ -303,6 +357,12 @@ impl Shard {
     fn on_envelope(&mut self, env: Envelope) {
         match env {
             Envelope::Publish(m) => self.deliver_local(&m),
+            Envelope::Shared {
+                msg,
+                group,
+                grant,
+                tried,
+            } => self.deliver_shared(msg, group, grant, tried),
             Envelope::Retain(m) => self.set_retained(m),
             Envelope::Claim {
                 client_id,
@@ -387,7 +447,7 @@ impl Shard {
         clean: bool,
     ) {
         if let Some(slot) = self.by_id.get(&client_id).copied() {
-            let session = self.evict(slot, ReasonCode::SESSION_TAKEN_OVER);
+            let session = self.evict(slot, ReasonCode::SESSION_TAKEN_OVER, clean);
             let session = (!clean).then_some(session);
             self.send(shard, Envelope::Handoff { token, session });
         } else if let Some(p) = self.pending.get_mut(&old_token) {
@@ -439,9 +499,42 @@ impl Shard {
         p.conn.grant(session);
     }
 
-    /// Removes the subscription of the session at `slot` to `filter` from the local index,
-    /// and this shard's route bit for the filter when it was the shard's last subscriber.
+    // ----- subscriptions in the index, the routes and the shared groups -----
+
+    /// Adds the subscription of the session at `slot` to `filter`: into the local index (and
+    /// this shard's route bit when it is the shard's first subscriber), or, for a `$share/`
+    /// filter, into its group (and the group's shard bit when it is the first member here).
+    fn index_sub(&mut self, filter: &TopicFilter, slot: usize, sub: Subscription) {
+        if filter.shared().is_some() {
+            let g = self.groups.entry(filter.clone()).or_default();
+            match g.members.iter_mut().find(|(s, _)| *s == slot as u32) {
+                Some(m) => m.1 = sub,
+                None => g.members.push((slot as u32, sub)),
+            }
+            if g.members.len() == 1 {
+                self.shared.shared_routes.add(filter, self.id);
+            }
+            return;
+        }
+        if self.index.insert(filter.as_bytes(), slot as u32, sub).first {
+            self.shared.routes.add(filter.as_bytes(), self.id);
+        }
+    }
+
+    /// Removes the subscription of the session at `slot` to `filter` from the local index or
+    /// its shared group, and this shard's route bit when it was the last one here.
     fn unindex(&mut self, filter: &TopicFilter, slot: usize) {
+        if filter.shared().is_some() {
+            let Some(g) = self.groups.get_mut(filter) else {
+                return;
+            };
+            g.members.retain(|(s, _)| *s != slot as u32);
+            if g.members.is_empty() {
+                self.groups.remove(filter);
+                self.shared.shared_routes.remove(filter, self.id);
+            }
+            return;
+        }
         if let Some(r) = self.index.remove(filter.as_bytes(), slot as u32) {
             if r.last {
                 self.shared.routes.remove(filter.as_bytes(), self.id);
@@ -450,25 +543,39 @@ impl Shard {
     }
 
     /// Removes a session from this shard (takeover): kicks its connection with `reason`,
-    /// publishes its will, unindexes its subscriptions. Returns the session.
+    /// publishes its will unless the session goes on (a will with a delay is cancelled by
+    /// the new connection [MQTT-3.1.3-9]), unindexes its subscriptions. When the new
+    /// connection starts `clean`, messages chosen for shared subscriptions go back to their
+    /// groups. Returns the session.
     ///
     /// Known gap: between this eviction and the new shard installing the session's
     /// subscriptions, a publish matched only this session is routed to neither shard and the
     /// migrating session misses it. Closing that window needs a hand-over of the routes with
     /// forwarding (and de-duplication by message identity) from the old to the new shard.
-    fn evict(&mut self, slot: usize, reason: ReasonCode) -> Box<Session> {
+    fn evict(&mut self, slot: usize, reason: ReasonCode, clean: bool) -> Box<Session> {
         let mut e = self.sessions.remove(slot);
         self.by_id.remove(e.session.client_id());
-        for (filter, _) in e.session.subscriptions() {
+        let filters: Vec<TopicFilter> = e.session.subscriptions().map(|(f, _)| f.clone()).collect();
+        for filter in &filters {
             self.unindex(filter, slot);
         }
         if let Some(conn) = e.conn.take() {
             e.session.disconnect_with(reason);
             conn.detach_from(&mut e.session);
             conn.close();
-            if let Some(will) = e.session.detach() {
-                self.publish_will(will);
+            let will = e.session.detach();
+            let delayed = e.session.take_delayed_will();
+            // The session goes on with the new connection: a delayed will is cancelled.
+            if let Some(will) = will.or(if clean { delayed } else { None }) {
+                self.publish_will(will, e.session.client_id().clone());
             }
+        } else if clean {
+            if let Some(will) = e.session.take_delayed_will() {
+                self.publish_will(will, e.session.client_id().clone());
+            }
+        }
+        if clean {
+            self.requeue_shared(e.session.take_shared());
         }
         e.session
     }
@@ -482,14 +589,12 @@ impl Shard {
         conn: Option<Rc<ConnShared>>,
     ) -> usize {
         let slot = self.sessions.vacant_key();
-        for (filter, options) in session.subscriptions() {
-            if self
-                .index
-                .insert(filter.as_bytes(), slot as u32, *options)
-                .first
-            {
-                self.shared.routes.add(filter.as_bytes(), self.id);
-            }
+        let subs: Vec<(TopicFilter, Subscription)> = session
+            .subscriptions()
+            .map(|(f, s)| (f.clone(), *s))
+            .collect();
+        for (filter, sub) in &subs {
+            self.index_sub(filter, slot, *sub);
         }
         self.by_id.insert(session.client_id().clone(), slot);
         self.sessions.insert(Entry {
@@ -500,7 +605,10 @@ impl Shard {
     }
 
     /// The connection at `slot` with `token` ended. Publishes the will (when the session
-    /// still holds one), and ends a non-persistent session (telling the directory).
+    /// still holds one and has no delay to wait out), gives messages chosen for shared
+    /// subscriptions back to their groups, and ends a non-persistent session (telling the
+    /// directory); a persistent one is parked with timers for its delayed will and its
+    /// Session Expiry Interval.
     pub fn disconnected(&mut self, slot: usize, conn: &ConnShared) {
         let Some(e) = self.sessions.get_mut(slot) else {
             return;
@@ -512,45 +620,125 @@ impl Shard {
         conn.detach_from(&mut e.session);
         let will = e.session.detach();
         let persistent = e.session.is_persistent();
+        let client_id = e.session.client_id().clone();
+        let (will_delay, expiry) = (e.session.will_delay(), e.session.expiry());
+        let token = e.token;
+        let taken = e.session.take_shared();
+        self.requeue_shared(taken);
         if let Some(will) = will {
-            self.publish_will(will);
+            self.publish_will(will, client_id);
         }
         if !persistent {
-            let mut e = self.sessions.remove(slot);
-            self.by_id.remove(e.session.client_id());
-            for filter in e.session.clear() {
-                self.unindex(&filter, slot);
+            self.end_session(slot);
+        } else {
+            let now = self.now;
+            if let Some(d) = will_delay {
+                self.timers
+                    .push(Reverse((now.saturating_add(d), token, slot, Timer::Will)));
             }
-            let client_id = e.session.client_id().clone();
-            let d = directory_shard(&client_id, self.count);
-            self.send(
-                d,
-                Envelope::Release {
-                    client_id,
-                    token: e.token,
-                },
-            );
+            if expiry != u32::MAX {
+                self.timers.push(Reverse((
+                    now.saturating_add(expiry),
+                    token,
+                    slot,
+                    Timer::Expire,
+                )));
+            }
         }
         self.flush();
     }
 
+    /// Ends the session at `slot` for good: publishes a will still waiting out its delay,
+    /// unindexes it and releases its client id at the directory.
+    fn end_session(&mut self, slot: usize) {
+        let mut e = self.sessions.remove(slot);
+        self.by_id.remove(e.session.client_id());
+        if let Some(will) = e.session.take_delayed_will() {
+            self.publish_will(will, e.session.client_id().clone());
+        }
+        self.requeue_shared(e.session.take_shared());
+        for filter in e.session.clear() {
+            self.unindex(&filter, slot);
+        }
+        let client_id = e.session.client_id().clone();
+        let d = directory_shard(&client_id, self.count);
+        self.send(
+            d,
+            Envelope::Release {
+                client_id,
+                token: e.token,
+            },
+        );
+    }
+
+    /// Runs the timers due at second `now`: delayed wills and session expiry of parked
+    /// sessions. A timer whose session reconnected (new token) or left does nothing.
+    pub fn run_timers(&mut self, now: u32) {
+        let mut fired = false;
+        while let Some(Reverse((at, token, slot, what))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let live = self
+                .sessions
+                .get(slot)
+                .is_some_and(|e| e.token == token && e.conn.is_none());
+            if !live {
+                continue;
+            }
+            fired = true;
+            match what {
+                Timer::Will => {
+                    let e = &mut self.sessions[slot];
+                    if let Some(will) = e.session.take_delayed_will() {
+                        let origin = e.session.client_id().clone();
+                        self.publish_will(will, origin);
+                    }
+                }
+                Timer::Expire => {
+                    self.stats.sessions_expired += 1;
+                    self.end_session(slot);
+                }
+            }
+        }
+        if fired {
+            self.flush();
+        }
+    }
+
     // ----- publish, subscribe -----
 
-    fn publish_will(&mut self, will: Will) {
-        let msg = Arc::new(Publish {
+    /// Publishes a will as `origin`'s message: its properties (payload format, content type,
+    /// response topic, correlation data, user properties, message expiry) become the
+    /// message's; the Will Delay Interval is the will's alone.
+    fn publish_will(&mut self, will: Will, origin: Str) {
+        let mut properties: Properties = will.properties;
+        if !properties.is_empty() {
+            properties.will_delay_interval = None;
+        }
+        let expires_at = properties
+            .message_expiry_interval
+            .map(|e| self.now.saturating_add(e));
+        let publish = Publish {
             dup: false,
-            qos: will.qos,
-            retain: will.retain,
+            qos: will.qos.min(self.limits.maximum_qos),
+            retain: will.retain && self.limits.retain_available,
             topic: will.topic,
             packet_id: 0,
             payload: will.payload,
-            properties: Default::default(),
-        });
-        self.route(msg);
+            properties,
+        };
+        self.route(Arc::new(AppMessage {
+            publish,
+            origin,
+            expires_at,
+        }));
     }
 
     /// Routes a message: retained replicas everywhere if RETAIN is set, one envelope per other
-    /// interested shard, local delivery if this shard is interested.
+    /// interested shard, local delivery if this shard is interested, and one envelope (or a
+    /// local delivery) per matching shared-subscription group.
     pub fn route(&mut self, msg: Message) {
         if msg.retain {
             for d in 0..self.count {
@@ -570,6 +758,125 @@ impl Shard {
         if mask & (1u64 << self.id) != 0 {
             self.deliver_local(&msg);
         }
+        if !self.shared.shared_routes.is_empty() {
+            let mut groups: SmallVec<[(TopicFilter, u64); 2]> = SmallVec::new();
+            self.shared
+                .shared_routes
+                .for_each_match(msg.topic.as_bytes(), |k, m| groups.push((k.clone(), m)));
+            for (group, mask) in groups {
+                self.send_shared(msg.clone(), group, None, mask, 0);
+            }
+        }
+    }
+
+    /// Sends a message for the shared group `group` to one shard of `mask` not in `tried`:
+    /// this one when it holds members, otherwise the next one round-robin. Counted as dropped
+    /// when no shard is left.
+    fn send_shared(
+        &mut self,
+        msg: Message,
+        group: TopicFilter,
+        grant: Option<Grant>,
+        mask: u64,
+        tried: u64,
+    ) {
+        let left = mask & !tried;
+        if left == 0 {
+            self.stats.shared_dropped += 1;
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let me = 1u64 << self.id;
+        if left & me != 0 && self.groups.contains_key(&group) {
+            return self.deliver_shared(msg, group, grant, tried);
+        }
+        let others = left & !me;
+        if others == 0 {
+            self.stats.shared_dropped += 1;
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let n = others.count_ones() as usize;
+        self.shared_next = self.shared_next.wrapping_add(1);
+        let mut bits = others;
+        for _ in 0..self.shared_next % n {
+            bits &= bits - 1;
+        }
+        let dest = bits.trailing_zeros() as usize;
+        self.send(
+            dest,
+            Envelope::Shared {
+                msg,
+                group,
+                grant,
+                tried,
+            },
+        );
+    }
+
+    /// Delivers a message to one member of the shared group `group` on this shard, chosen
+    /// round-robin among the members that are connected and keeping up (window not full),
+    /// else among the connected ones, else among all (parked persistent sessions queue it).
+    /// With no member here any more, passes it on to another shard of the group.
+    fn deliver_shared(
+        &mut self,
+        msg: Message,
+        group: TopicFilter,
+        grant: Option<Grant>,
+        tried: u64,
+    ) {
+        let chosen = self.groups.get_mut(&group).and_then(|g| {
+            let n = g.members.len();
+            let start = g.next;
+            let sessions = &self.sessions;
+            let pick = |want: fn(&Session) -> bool| {
+                (0..n).map(|k| (start + k) % n).find(|&i| {
+                    sessions
+                        .get(g.members[i].0 as usize)
+                        .is_some_and(|e| want(&e.session))
+                })
+            };
+            let i = pick(Session::has_room)
+                .or_else(|| pick(Session::is_connected))
+                .or_else(|| pick(|_| true))?;
+            g.next = (i + 1) % n;
+            Some(g.members[i])
+        });
+        let Some((slot, sub)) = chosen else {
+            let mask = self.shared.shared_routes.mask(&group);
+            return self.send_shared(msg, group, grant, mask, tried | (1u64 << self.id));
+        };
+        let grant = grant.unwrap_or_else(|| Grant {
+            qos: sub.options.qos,
+            retain: sub.options.retain_as_published && msg.retain,
+            ids: if sub.id != 0 {
+                SmallVec::from_slice(&[sub.id])
+            } else {
+                SmallVec::new()
+            },
+            share: Some(group),
+        });
+        let now = self.now;
+        if let Some(e) = self.sessions.get_mut(slot as usize) {
+            e.session.deliver(&msg, grant, now);
+            self.stats.delivered += 1;
+            if let Some(c) = &e.conn {
+                c.wake_writer();
+            }
+        }
+    }
+
+    /// Gives the messages a leaving session held for shared subscriptions back to their
+    /// groups (another member gets them).
+    fn requeue_shared(&mut self, taken: Vec<Outgoing>) {
+        for o in taken {
+            let Some(group) = o.share.clone() else {
+                continue;
+            };
+            let mask = self.shared.shared_routes.mask(&group);
+            let grant = o.grant();
+            self.send_shared(o.msg, group, Some(grant), mask, 0);
+        }
     }
 
     fn set_retained(&mut self, msg: Message) {
@@ -578,35 +885,53 @@ impl Shard {
         self.retained.set(topic.as_bytes(), value);
     }
 
-    /// Delivers a message to this shard's matching sessions, once per session at the highest
-    /// granted QoS of its overlapping subscriptions.
+    /// Delivers a message to this shard's matching sessions, once per session with the
+    /// highest granted QoS of its overlapping subscriptions and all their Subscription
+    /// Identifiers; a No Local subscription skips its own client's messages.
     pub fn deliver_local(&mut self, msg: &Message) {
         let mut matches = std::mem::take(&mut self.matches);
         self.index
-            .for_each_match(msg.topic.as_bytes(), |slot, o| matches.push((slot, *o)));
+            .for_each_match(msg.topic.as_bytes(), |slot, s| matches.push((slot, *s)));
         if matches.len() > 1 {
             matches.sort_unstable_by_key(|(slot, _)| *slot);
-            matches.dedup_by(|later, kept| {
-                if later.0 == kept.0 {
-                    kept.1.qos = kept.1.qos.max(later.1.qos);
-                    kept.1.retain_as_published |= later.1.retain_as_published;
-                    true
-                } else {
-                    false
-                }
-            });
         }
-        for (slot, o) in matches.drain(..) {
+        let now = self.now;
+        let mut i = 0;
+        while i < matches.len() {
+            let slot = matches[i].0;
+            let mut j = i + 1;
+            while j < matches.len() && matches[j].0 == slot {
+                j += 1;
+            }
             let Some(e) = self.sessions.get_mut(slot as usize) else {
+                i = j;
                 continue;
             };
-            let retain = o.retain_as_published && msg.retain && e.session.version().is_v5();
-            e.session.deliver(msg, o.qos, retain);
+            let mut grant: Option<Grant> = None;
+            for (_, sub) in &matches[i..j] {
+                let o = &sub.options;
+                if o.no_local && msg.origin == *e.session.client_id() {
+                    continue;
+                }
+                let g = grant.get_or_insert_with(Grant::default);
+                g.qos = g.qos.max(o.qos);
+                g.retain |= o.retain_as_published && msg.retain;
+                if sub.id != 0 {
+                    g.ids.push(sub.id);
+                }
+            }
+            i = j;
+            let Some(mut grant) = grant else {
+                continue;
+            };
+            grant.retain &= e.session.version().is_v5();
+            e.session.deliver(msg, grant, now);
             self.stats.delivered += 1;
             if let Some(c) = &e.conn {
                 c.wake_writer();
             }
         }
+        matches.clear();
         self.matches = matches;
     }
 
@@ -622,31 +947,48 @@ impl Shard {
                 }
                 Action::Subscribe {
                     filter,
-                    options,
+                    sub,
                     is_new,
                 } => {
-                    if self
-                        .index
-                        .insert(filter.as_bytes(), slot as u32, options)
-                        .first
-                    {
-                        self.shared.routes.add(filter.as_bytes(), self.id);
-                    }
-                    self.subscribed.push((filter, options, is_new));
+                    self.index_sub(&filter, slot, sub);
+                    self.subscribed.push((filter, sub, is_new));
                 }
                 Action::SubAck { packet_id, reasons } => {
                     let e = &mut self.sessions[slot];
                     e.session.suback(packet_id, reasons);
                     let mut subscribed = std::mem::take(&mut self.subscribed);
-                    for (filter, options, is_new) in subscribed.drain(..) {
+                    let now = self.now;
+                    let mut expired: Vec<TopicName> = Vec::new();
+                    for (filter, sub, is_new) in subscribed.drain(..) {
                         let e = &mut self.sessions[slot];
-                        if !e.session.retained_on_subscribe(&options, is_new) {
+                        if !e
+                            .session
+                            .retained_on_subscribe(&filter, &sub.options, is_new)
+                        {
                             continue;
                         }
                         let session = &mut e.session;
+                        let ids: SmallVec<[u32; 2]> = if sub.id != 0 {
+                            SmallVec::from_slice(&[sub.id])
+                        } else {
+                            SmallVec::new()
+                        };
                         self.retained.for_each_match(filter.as_bytes(), |_, m| {
-                            session.deliver(m, options.qos, true);
+                            if m.is_expired(now) {
+                                expired.push(m.topic.clone());
+                                return;
+                            }
+                            let grant = Grant {
+                                qos: sub.options.qos,
+                                retain: true,
+                                ids: ids.clone(),
+                                share: None,
+                            };
+                            session.deliver(m, grant, now);
                         });
+                    }
+                    for topic in expired {
+                        self.retained.set(topic.as_bytes(), None);
                     }
                     self.subscribed = subscribed;
                 }

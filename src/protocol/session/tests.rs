@@ -28,12 +28,20 @@ fn sent(s: &mut Session) -> Vec<Packet> {
 }
 
 fn message(topic: &'static str, qos: QoS) -> Message {
-    Arc::new(Publish {
+    Arc::new(AppMessage::new(Publish {
         qos,
         topic: topic.into(),
         payload: Bytes::from_static(b"x"),
         ..Default::default()
-    })
+    }))
+}
+
+fn session(limits: SessionLimits) -> Session {
+    Session::new(Str::from("c"), Arc::new(limits))
+}
+
+fn grant(qos: QoS) -> Grant {
+    Grant::qos(qos, false)
 }
 
 #[test]
@@ -42,13 +50,13 @@ fn qos1_window_queue_and_replay_with_dup() {
         max_inflight: 1,
         ..Default::default()
     };
-    let mut s = Session::new(Str::from("c"), limits);
-    s.attach(&connect(Version::V3_1_1, false), 0);
-    s.connack(false, 30, None);
+    let mut s = session(limits);
+    s.attach(&connect(Version::V3_1_1, false));
+    s.connack(false, &connect(Version::V3_1_1, false), None, 0);
     assert!(matches!(sent(&mut s)[..], [Packet::ConnAck(_)]));
     let m = message("t", QoS::AtLeastOnce);
-    assert_eq!(s.deliver(&m, QoS::ExactlyOnce, false), Delivered::Sent);
-    assert_eq!(s.deliver(&m, QoS::AtLeastOnce, false), Delivered::Queued);
+    assert_eq!(s.deliver(&m, grant(QoS::ExactlyOnce), 0), Delivered::Sent);
+    assert_eq!(s.deliver(&m, grant(QoS::AtLeastOnce), 0), Delivered::Queued);
     let first = match &sent(&mut s)[..] {
         [Packet::Publish(p)] => p.clone(),
         other => panic!("{other:?}"),
@@ -56,8 +64,8 @@ fn qos1_window_queue_and_replay_with_dup() {
     assert_eq!((first.qos, first.dup), (QoS::AtLeastOnce, false));
     // Reconnect without acknowledging: the same id again, with DUP.
     assert_eq!(s.detach(), None);
-    s.attach(&connect(Version::V3_1_1, false), 0);
-    s.connack(true, 30, None);
+    s.attach(&connect(Version::V3_1_1, false));
+    s.connack(true, &connect(Version::V3_1_1, false), None, 0);
     match &sent(&mut s)[..] {
         [Packet::ConnAck(a), Packet::Publish(p)] => {
             assert!(a.session_present);
@@ -66,15 +74,19 @@ fn qos1_window_queue_and_replay_with_dup() {
         other => panic!("{other:?}"),
     }
     let mut actions = Vec::new();
-    s.handle(Packet::PubAck(PubAck::new(first.packet_id)), &mut actions)
-        .unwrap();
+    s.handle(
+        Packet::PubAck(PubAck::new(first.packet_id)),
+        0,
+        &mut actions,
+    )
+    .unwrap();
     assert!(matches!(&sent(&mut s)[..], [Packet::Publish(p)] if !p.dup));
 }
 
 #[test]
 fn qos2_inbound_is_delivered_once_until_pubrel() {
-    let mut s = Session::new(Str::from("c"), SessionLimits::default());
-    s.attach(&connect(Version::V3_1_1, false), 0);
+    let mut s = session(SessionLimits::default());
+    s.attach(&connect(Version::V3_1_1, false));
     let mut actions = Vec::new();
     let p = Publish {
         qos: QoS::ExactlyOnce,
@@ -82,11 +94,12 @@ fn qos2_inbound_is_delivered_once_until_pubrel() {
         topic: "t".into(),
         ..Default::default()
     };
-    s.handle(Packet::Publish(p.clone()), &mut actions).unwrap();
-    s.handle(Packet::Publish(Publish { dup: true, ..p }), &mut actions)
+    s.handle(Packet::Publish(p.clone()), 0, &mut actions)
+        .unwrap();
+    s.handle(Packet::Publish(Publish { dup: true, ..p }), 0, &mut actions)
         .unwrap();
     assert_eq!(actions.len(), 1, "delivered once");
-    s.handle(Packet::PubRel(PubAck::new(7)), &mut actions)
+    s.handle(Packet::PubRel(PubAck::new(7)), 0, &mut actions)
         .unwrap();
     let out = sent(&mut s);
     assert!(matches!(
@@ -97,11 +110,12 @@ fn qos2_inbound_is_delivered_once_until_pubrel() {
 
 #[test]
 fn a_second_connect_is_a_protocol_error() {
-    let mut s = Session::new(Str::from("c"), SessionLimits::default());
-    s.attach(&connect(Version::V3_1_1, true), 0);
+    let mut s = session(SessionLimits::default());
+    s.attach(&connect(Version::V3_1_1, true));
     let e = s
         .handle(
             Packet::Connect(Box::new(connect(Version::V3_1_1, true))),
+            0,
             &mut Vec::new(),
         )
         .unwrap_err();
@@ -115,19 +129,31 @@ fn queue_bounds_drop_qos0_first_then_refuse() {
         queue_qos0_offline: true,
         ..Default::default()
     };
-    let mut s = Session::new(Str::from("c"), limits);
-    s.attach(&connect(Version::V3_1_1, false), 0);
+    let mut s = session(limits);
+    s.attach(&connect(Version::V3_1_1, false));
     assert!(s.detach().is_none());
     let q0 = message("a", QoS::AtMostOnce);
     let q1 = message("b", QoS::AtLeastOnce);
-    assert_eq!(s.deliver(&q0, QoS::AtMostOnce, false), Delivered::Queued);
-    assert_eq!(s.deliver(&q1, QoS::AtLeastOnce, false), Delivered::Queued);
+    assert_eq!(s.deliver(&q0, grant(QoS::AtMostOnce), 0), Delivered::Queued);
+    assert_eq!(
+        s.deliver(&q1, grant(QoS::AtLeastOnce), 0),
+        Delivered::Queued
+    );
     // Full: a QoS 1 message evicts the queued QoS 0 one.
-    assert_eq!(s.deliver(&q1, QoS::AtLeastOnce, false), Delivered::Queued);
+    assert_eq!(
+        s.deliver(&q1, grant(QoS::AtLeastOnce), 0),
+        Delivered::Queued
+    );
     assert_eq!(s.drops.queue_full, 1);
     // Full of QoS 1: refused.
-    assert_eq!(s.deliver(&q1, QoS::AtLeastOnce, false), Delivered::Dropped);
-    assert_eq!(s.deliver(&q0, QoS::AtMostOnce, false), Delivered::Dropped);
+    assert_eq!(
+        s.deliver(&q1, grant(QoS::AtLeastOnce), 0),
+        Delivered::Dropped
+    );
+    assert_eq!(
+        s.deliver(&q0, grant(QoS::AtMostOnce), 0),
+        Delivered::Dropped
+    );
     assert_eq!(s.drops.queue_full, 3);
     assert_eq!(s.queued(), 2);
 }
@@ -138,29 +164,35 @@ fn a_slow_consumer_loses_qos0_not_qos1() {
         max_write_buffer: 64,
         ..Default::default()
     };
-    let mut s = Session::new(Str::from("c"), limits);
-    s.attach(&connect(Version::V3_1_1, true), 0);
+    let mut s = session(limits);
+    s.attach(&connect(Version::V3_1_1, true));
     let q0 = message("a", QoS::AtMostOnce);
     let mut dropped = 0;
     for _ in 0..100 {
-        if s.deliver(&q0, QoS::AtMostOnce, false) == Delivered::Dropped {
+        if s.deliver(&q0, grant(QoS::AtMostOnce), 0) == Delivered::Dropped {
             dropped += 1;
         }
     }
     assert!(dropped > 80, "{dropped}");
     assert_eq!(s.drops.slow_consumer, dropped);
     let q1 = message("b", QoS::AtLeastOnce);
-    assert_ne!(s.deliver(&q1, QoS::AtLeastOnce, false), Delivered::Dropped);
+    assert_ne!(
+        s.deliver(&q1, grant(QoS::AtLeastOnce), 0),
+        Delivered::Dropped
+    );
 }
 
 #[test]
-fn shared_subscriptions_are_refused_until_supported() {
+fn shared_subscriptions_are_refused_when_disabled() {
     for (v, code) in [
         (Version::V3_1_1, ReasonCode::UNSPECIFIED_ERROR),
         (Version::V5, ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED),
     ] {
-        let mut s = Session::new(Str::from("c"), SessionLimits::default());
-        s.attach(&connect(v, true), 0);
+        let mut s = session(SessionLimits {
+            shared_subscriptions: false,
+            ..Default::default()
+        });
+        s.attach(&connect(v, true));
         let mut actions = Vec::new();
         let sub = crate::protocol::Subscribe {
             packet_id: 1,
@@ -173,7 +205,7 @@ fn shared_subscriptions_are_refused_until_supported() {
             ],
             properties: Default::default(),
         };
-        s.handle(Packet::Subscribe(sub), &mut actions).unwrap();
+        s.handle(Packet::Subscribe(sub), 0, &mut actions).unwrap();
         assert!(matches!(
             &actions[0],
             Action::Subscribe { is_new: true, .. }
@@ -183,4 +215,199 @@ fn shared_subscriptions_are_refused_until_supported() {
             Action::SubAck { reasons, .. } if reasons[..] == [code, ReasonCode(1)]
         ));
     }
+}
+
+fn v5_connect(f: impl FnOnce(&mut Connect)) -> Connect {
+    let mut c = connect(Version::V5, true);
+    f(&mut c);
+    c
+}
+
+#[test]
+fn connack_announces_limits_and_features() {
+    let mut s = session(SessionLimits {
+        maximum_qos: QoS::AtLeastOnce,
+        retain_available: false,
+        max_session_expiry: 60,
+        response_information: "r/%c".into(),
+        ..Default::default()
+    });
+    let c = v5_connect(|c| {
+        c.properties.session_expiry_interval = Some(600);
+        c.properties.request_response_information = Some(1);
+    });
+    s.attach(&c);
+    s.connack(false, &c, None, 0);
+    let [Packet::ConnAck(a)] = &sent(&mut s)[..] else {
+        panic!()
+    };
+    let p = &a.properties;
+    assert_eq!(p.receive_maximum, Some(1024));
+    assert_eq!(p.maximum_packet_size, Some(1 << 20));
+    assert_eq!(p.topic_alias_maximum, Some(64));
+    assert_eq!(p.maximum_qos, Some(1));
+    assert_eq!(p.retain_available, Some(0));
+    assert_eq!(p.session_expiry_interval, Some(60));
+    assert_eq!(p.response_information.as_ref().unwrap().as_str(), "r/c");
+    assert_eq!(p.shared_subscription_available, None);
+    assert_eq!(s.expiry(), 60);
+}
+
+#[test]
+fn topic_aliases_from_the_client_resolve_and_are_stripped() {
+    let mut s = session(SessionLimits::default());
+    s.attach(&connect(Version::V5, true));
+    let mut actions = Vec::new();
+    let mut p = Publish {
+        topic: "a/b".into(),
+        ..Default::default()
+    };
+    p.properties.topic_alias = Some(3);
+    s.handle(Packet::Publish(p.clone()), 0, &mut actions)
+        .unwrap();
+    p.topic = TopicName::default();
+    s.handle(Packet::Publish(p.clone()), 0, &mut actions)
+        .unwrap();
+    for a in &actions {
+        let Action::Publish(m) = a else { panic!() };
+        assert_eq!(m.topic.as_str(), "a/b");
+        assert_eq!(m.properties.topic_alias, None);
+        assert_eq!(m.origin.as_str(), "c");
+    }
+    p.properties.topic_alias = Some(9);
+    let e = s
+        .handle(Packet::Publish(p.clone()), 0, &mut actions)
+        .unwrap_err();
+    assert_eq!(e.rule, "§3.3.2.3.4");
+    p.properties.topic_alias = Some(65);
+    let e = s.handle(Packet::Publish(p), 0, &mut actions).unwrap_err();
+    assert_eq!(e.reason, ReasonCode::TOPIC_ALIAS_INVALID);
+}
+
+#[test]
+fn topic_aliases_to_the_client_replace_repeated_topics() {
+    let mut s = session(SessionLimits::default());
+    s.attach(&v5_connect(|c| c.properties.topic_alias_maximum = Some(1)));
+    let (a, b) = (message("a", QoS::AtMostOnce), message("b", QoS::AtMostOnce));
+    for m in [&a, &a, &b] {
+        assert_eq!(s.deliver(m, grant(QoS::AtMostOnce), 0), Delivered::Sent);
+    }
+    let out = sent(&mut s);
+    let seen: Vec<(&str, Option<u16>)> = out
+        .iter()
+        .map(|p| match p {
+            Packet::Publish(p) => (p.topic.as_str(), p.properties.topic_alias),
+            _ => panic!(),
+        })
+        .collect();
+    assert_eq!(seen, [("a", Some(1)), ("", Some(1)), ("b", None)]);
+}
+
+#[test]
+fn expiry_subscription_ids_and_maximum_packet_size_per_delivery() {
+    let mut s = session(SessionLimits::default());
+    s.attach(&v5_connect(|c| c.properties.maximum_packet_size = Some(64)));
+    let mut m = AppMessage::new(Publish {
+        qos: QoS::AtLeastOnce,
+        topic: "t".into(),
+        payload: Bytes::from_static(b"x"),
+        ..Default::default()
+    });
+    m.expires_at = Some(10);
+    let m = Arc::new(m);
+    let g = Grant {
+        qos: QoS::AtLeastOnce,
+        ids: smallvec::smallvec![5, 7],
+        ..Default::default()
+    };
+    assert_eq!(s.deliver(&m, g.clone(), 4), Delivered::Sent);
+    let [Packet::Publish(p)] = &sent(&mut s)[..] else {
+        panic!()
+    };
+    assert_eq!(p.properties.message_expiry_interval, Some(6));
+    assert_eq!(p.properties.subscription_identifiers, [5, 7]);
+    // Expired: dropped, counted.
+    assert_eq!(s.deliver(&m, g.clone(), 10), Delivered::Dropped);
+    assert_eq!(s.drops.expired, 1);
+    // Larger than the client's Maximum Packet Size: dropped, and the window is free again.
+    let big = Arc::new(AppMessage::new(Publish {
+        qos: QoS::AtLeastOnce,
+        topic: "t".into(),
+        payload: Bytes::from(vec![0u8; 100]),
+        ..Default::default()
+    }));
+    assert_eq!(
+        s.deliver(&big, grant(QoS::AtLeastOnce), 0),
+        Delivered::Dropped
+    );
+    assert_eq!(s.drops.too_large, 1);
+    assert_eq!(s.inflight(), 1);
+    assert!(sent(&mut s).is_empty());
+}
+
+#[test]
+fn disconnect_may_not_raise_a_zero_session_expiry() {
+    let mut s = session(SessionLimits::default());
+    s.attach(&connect(Version::V5, true));
+    let mut d = Disconnect::default();
+    d.properties.session_expiry_interval = Some(30);
+    let e = s
+        .handle(Packet::Disconnect(d.clone()), 0, &mut Vec::new())
+        .unwrap_err();
+    assert_eq!(e.rule, "MQTT-3.14.2-2");
+    // From a non-zero expiry it may change, down to 0 (the session then ends).
+    s.attach(&v5_connect(|c| {
+        c.properties.session_expiry_interval = Some(10)
+    }));
+    assert!(s.is_persistent());
+    d.properties.session_expiry_interval = Some(0);
+    s.handle(Packet::Disconnect(d), 0, &mut Vec::new()).unwrap();
+    assert!(!s.is_persistent());
+}
+
+#[test]
+fn a_delayed_will_waits_unless_the_session_ends_now() {
+    let will = |delay| Will {
+        topic: "w".into(),
+        payload: Bytes::new(),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: {
+            let mut p = Properties::default();
+            p.will_delay_interval = Some(delay);
+            p
+        },
+    };
+    let mut s = session(SessionLimits::default());
+    s.attach(&v5_connect(|c| {
+        c.will = Some(will(30));
+        c.properties.session_expiry_interval = Some(5);
+    }));
+    assert!(s.detach().is_none());
+    assert_eq!(s.will_delay(), Some(5), "the session ends before the delay");
+    // Reconnecting cancels it.
+    s.attach(&v5_connect(|c| {
+        c.properties.session_expiry_interval = Some(5)
+    }));
+    assert!(s.take_delayed_will().is_none());
+    // Session expiry 0: the session ends with the connection, the will goes at once.
+    s.attach(&v5_connect(|c| c.will = Some(will(30))));
+    assert!(s.detach().is_some());
+}
+
+#[test]
+fn shared_messages_go_back_when_the_member_leaves() {
+    let mut s = session(SessionLimits::default());
+    s.attach(&connect(Version::V5, true));
+    let m = message("t", QoS::AtLeastOnce);
+    let g = Grant {
+        qos: QoS::AtLeastOnce,
+        share: Some("$share/g/t".into()),
+        ..Default::default()
+    };
+    assert_eq!(s.deliver(&m, g, 0), Delivered::Sent);
+    assert_eq!(s.deliver(&m, grant(QoS::AtLeastOnce), 0), Delivered::Sent);
+    let taken = s.take_shared();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(s.inflight(), 1, "the plain subscription's message stays");
 }
