@@ -29,19 +29,69 @@ fn main() {
             let config = cli.effective_config().unwrap_or_else(|e| fail(&e));
             init_logging(&config.log_level);
             tracing::info!("shardmq {} starting", env!("CARGO_PKG_VERSION"));
+            // Before any shard thread exists, so every thread inherits the mask and the
+            // signals wait for `sigwait` below.
+            let signals = signals::block(&[libc::SIGTERM, libc::SIGINT]);
             match shardmq::shard::run::start(config) {
-                Ok(broker) => {
-                    for t in broker.threads {
-                        let _ = t.join();
+                Ok(mut broker) => {
+                    let threads = std::mem::take(&mut broker.threads);
+                    std::thread::spawn(move || {
+                        for t in threads {
+                            let _ = t.join();
+                        }
+                        // A shard thread only ends by panicking: fail loudly.
+                        eprintln!("shardmq: a shard stopped unexpectedly");
+                        std::process::exit(1);
+                    });
+                    let sig = signals::wait(&signals);
+                    tracing::info!("signal {sig}: shutting down");
+                    let open = broker.shutdown(std::time::Duration::from_secs(5));
+                    if open > 0 {
+                        tracing::warn!("{open} connections still open after 5 s; exiting");
                     }
-                    // A shard thread only ends by panicking: fail loudly.
-                    eprintln!("shardmq: a shard stopped unexpectedly");
-                    std::process::exit(1);
+                    tracing::info!("shardmq stopped");
+                    std::process::exit(0);
                 }
                 Err(e) => {
                     eprintln!("shardmq: {e}");
                     std::process::exit(1);
                 }
+            }
+        }
+    }
+}
+
+/// SIGTERM / SIGINT handling without a handler: blocked in every thread, taken by the main
+/// thread with `sigwait(3)`.
+mod signals {
+    /// Blocks `sigs` in the calling thread (and the threads it starts later); returns the set.
+    pub fn block(sigs: &[libc::c_int]) -> libc::sigset_t {
+        // SAFETY: `set` is a plain C struct that sigemptyset initialises before any other use;
+        // sigaddset and pthread_sigmask only read and write that local set and this thread's
+        // signal mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for &s in sigs {
+                libc::sigaddset(&mut set, s);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            set
+        }
+    }
+
+    /// Waits for one of the signals in `set` (blocked by [`block`]); returns its name.
+    pub fn wait(set: &libc::sigset_t) -> &'static str {
+        let mut sig: libc::c_int = 0;
+        loop {
+            // SAFETY: `set` was initialised by `block`, `sig` is a valid out pointer.
+            let r = unsafe { libc::sigwait(set, &mut sig) };
+            if r == 0 {
+                return match sig {
+                    libc::SIGTERM => "SIGTERM",
+                    libc::SIGINT => "SIGINT",
+                    _ => "signal",
+                };
             }
         }
     }

@@ -267,3 +267,40 @@ fn a_flood_to_a_subscriber_that_never_reads_stays_bounded() {
     drop(stalled.stream);
     let _ = WAIT;
 }
+
+#[test]
+fn sigterm_tells_v5_clients_and_exits_zero() {
+    for shards in [1, 3] {
+        let mut b = Broker::start(shards, &[]);
+        let mut v5: Vec<Raw> = (0..4)
+            .map(|i| session(&b, Version::V5, &format!("stay{i}"), true).0)
+            .collect();
+        let (mut v3, _) = session(&b, Version::V3_1_1, "old", true);
+        let pid = b.child.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for raw in &mut v5 {
+            let seen = raw.expect_closed();
+            assert!(
+                matches!(&seen[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::SERVER_SHUTTING_DOWN),
+                "{seen:?}"
+            );
+        }
+        assert!(
+            v3.expect_closed().is_empty(),
+            "3.1.1 has no server DISCONNECT"
+        );
+        let deadline = Instant::now() + WAIT;
+        let code = loop {
+            if let Some(s) = b.child.try_wait().unwrap() {
+                break s.code();
+            }
+            assert!(Instant::now() < deadline, "broker did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(code, Some(0));
+    }
+}

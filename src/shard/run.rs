@@ -18,7 +18,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::task::Poll;
 use std::thread::JoinHandle;
@@ -31,7 +31,7 @@ use super::state::{Shard, ShardWaker, Shared};
 use crate::config::Config;
 use crate::index::routes::MAX_SHARDS;
 use crate::index::{Routes, SharedRoutes};
-use crate::mesh::{Consumer, Doorbell, Envelope, Park, Producer, channel};
+use crate::mesh::{Consumer, Doorbell, Envelope, Park, Producer, Wake, channel};
 use crate::protocol::ReasonCode;
 
 /// Envelopes drained from one inbound ring per pump turn.
@@ -48,6 +48,26 @@ pub struct Broker {
     pub threads: Vec<JoinHandle<()>>,
     /// Broker-wide shared state.
     pub shared: Arc<Shared>,
+}
+
+impl Broker {
+    /// Graceful shutdown: stops accepting, has every shard send DISCONNECT 0x8B (Server
+    /// shutting down) to its 5.0 clients and close every connection, then waits up to
+    /// `grace` for the connections to finish writing. Returns the connections still open.
+    pub fn shutdown(&self, grace: Duration) -> usize {
+        self.shared.shutdown.store(true, Ordering::Release);
+        for bell in &self.shared.doorbells {
+            bell.waker().wake();
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            let open = self.shared.connections.load(Ordering::Acquire);
+            if open == 0 || Instant::now() >= deadline {
+                return open;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// Binds the listeners, builds the mesh and starts the shards. Errors are one line.
@@ -94,6 +114,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
             .collect(),
         connections: AtomicUsize::new(0),
         dropped: AtomicU64::new(0),
+        shutdown: AtomicBool::new(false),
         config,
     });
 
@@ -174,6 +195,10 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListen
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
+                if shard.borrow().shared.shutdown.load(Ordering::Relaxed) {
+                    drop(stream);
+                    continue;
+                }
                 let open = shard
                     .borrow()
                     .shared
@@ -239,7 +264,14 @@ async fn yield_now() {
 
 async fn pump(shard: Rc<RefCell<Shard>>, shared: Arc<Shared>, id: usize) {
     let bell = &shared.doorbells[id];
+    let mut shutting_down = false;
     loop {
+        if !shutting_down && shared.shutdown.load(Ordering::Acquire) {
+            shutting_down = true;
+            shard
+                .borrow_mut()
+                .disconnect_all(ReasonCode::SERVER_SHUTTING_DOWN);
+        }
         let (n, overflow) = {
             let mut s = shard.borrow_mut();
             let n = s.pump(PUMP_BATCH);

@@ -66,6 +66,9 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Messages dropped broker-wide (slow consumers, full queues, full rings).
     pub dropped: AtomicU64,
+    /// Set once by [`run::Broker::shutdown`](super::run::Broker::shutdown): every shard
+    /// tells its clients and closes them.
+    pub shutdown: AtomicBool,
 }
 
 /// Counters of one shard.
@@ -997,6 +1000,20 @@ impl Shard {
             }
         }
         disconnect
+    }
+
+    /// Broker shutdown: every connected client gets DISCONNECT 0x8B (5.0) and is closed; the
+    /// writers send what is left first.
+    pub fn disconnect_all(&mut self, reason: ReasonCode) {
+        for (_, e) in self.sessions.iter_mut() {
+            if let Some(conn) = &e.conn {
+                e.session.disconnect_with(reason);
+                conn.close();
+            }
+        }
+        for p in self.pending.values() {
+            p.conn.close();
+        }
     }
 
     /// Whether `client_id` has a session on this shard (for tests and metrics).
