@@ -60,6 +60,15 @@ pub enum Command {
     },
     /// Load-test a broker (this one or any other): fanin, fanout, pairs, shared or conn.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Print a SCRAM-SHA-256 credential line for `auth.scram_credentials` (MQTT 5.0 enhanced
+    /// authentication); the password is read from the first line of standard input.
+    ScramCredential {
+        /// The user name.
+        user: String,
+        /// PBKDF2 iterations (RFC 7677 asks for at least 4096).
+        #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(4096..))]
+        iterations: u32,
+    },
 }
 
 fn parse_core_list(s: &str) -> Result<String, String> {

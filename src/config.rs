@@ -29,6 +29,8 @@ pub struct Config {
     pub queue_qos0_offline: bool,
     /// MQTT 5.0 features the broker offers (announced in CONNACK and enforced).
     pub mqtt: Mqtt,
+    /// Authentication.
+    pub auth: Auth,
     /// Every bound the broker enforces.
     pub limits: Limits,
 }
@@ -44,9 +46,20 @@ impl Default for Config {
             log_level: "info".into(),
             queue_qos0_offline: false,
             mqtt: Mqtt::default(),
+            auth: Auth::default(),
             limits: Limits::default(),
         }
     }
+}
+
+/// Authentication settings.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// A file of SCRAM-SHA-256 credentials (one `user:SCRAM-SHA-256$…` line each, as
+    /// `shardmq scram-credential` prints them). When set, MQTT 5.0 clients may authenticate
+    /// with Authentication Method `SCRAM-SHA-256` (enhanced authentication, §4.12).
+    pub scram_credentials: Option<std::path::PathBuf>,
 }
 
 /// MQTT 5.0 features: what CONNACK announces, and what the broker then enforces.

@@ -12,12 +12,14 @@
 //!   listeners.
 //! - [`mesh`]: the lock-free SPSC rings between shards (one per ordered pair, batched
 //!   publishes) and the doorbell that wakes a parked shard once per idle → busy transition.
+//! - [`auth`]: MQTT 5.0 enhanced authentication (AUTH exchanges) and built-in SCRAM-SHA-256.
 //! - [`bench`]: the load generator behind `shardmq bench`, built on the same codec.
 //!
 //! Later layers (shards, mesh rings, routes, transports, store, cluster) build on it.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;

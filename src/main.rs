@@ -25,6 +25,22 @@ fn main() {
             Err(e) => fail(&e),
         },
         Some(Command::Bench(args)) => std::process::exit(shardmq::bench::main(args)),
+        Some(Command::ScramCredential { user, iterations }) => {
+            let mut password = String::new();
+            if std::io::stdin().read_line(&mut password).is_err() {
+                fail(&"scram-credential: cannot read the password from standard input");
+            }
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                fail(
+                    &"scram-credential: give the password on standard input, e.g. `echo secret | shardmq scram-credential alice`",
+                );
+            }
+            match shardmq::auth::ScramCredential::generate(password, *iterations) {
+                Ok(c) => println!("{}", shardmq::auth::scram::credential_line(user, &c)),
+                Err(e) => fail(&e),
+            }
+        }
         None => {
             let config = cli.effective_config().unwrap_or_else(|e| fail(&e));
             init_logging(&config.log_level);

@@ -304,3 +304,105 @@ fn sigterm_tells_v5_clients_and_exits_zero() {
         assert_eq!(code, Some(0));
     }
 }
+
+/// Runs the SCRAM-SHA-256 exchange (§4.12) for `user`/`password` on a fresh v5 connection;
+/// returns the connection and the CONNACK reason.
+fn scram_connect(b: &Broker, user: &str, password: &str) -> (Raw, ReasonCode) {
+    use shardmq::auth::ScramClient;
+    use shardmq::protocol::{Auth, Str};
+    let mut raw = Raw::connect(b.addr, Version::V5);
+    let client = ScramClient::new(user, password).unwrap();
+    let mut c = connect_packet(Version::V5, &format!("scram-{user}"), true, 30);
+    if let Packet::Connect(c) = &mut c {
+        c.properties.authentication_method = Some(Str::from("SCRAM-SHA-256"));
+        c.properties.authentication_data = Some(Bytes::from(client.client_first()));
+    }
+    raw.send(&c);
+    let server_first = match raw.recv() {
+        Some(Packet::Auth(a)) => {
+            assert_eq!(a.reason, ReasonCode::CONTINUE_AUTHENTICATION);
+            a.properties.authentication_data.clone().unwrap()
+        }
+        Some(Packet::ConnAck(a)) => return (raw, a.reason),
+        other => panic!("{other:?}"),
+    };
+    let (fin, client_final) = client.server_first(&server_first).unwrap();
+    let mut auth = Auth {
+        reason: ReasonCode::CONTINUE_AUTHENTICATION,
+        properties: Default::default(),
+    };
+    auth.properties.authentication_method = Some(Str::from("SCRAM-SHA-256"));
+    auth.properties.authentication_data = Some(Bytes::from(client_final));
+    raw.send(&Packet::Auth(auth));
+    match raw.recv() {
+        Some(Packet::ConnAck(a)) => {
+            if a.reason == ReasonCode::SUCCESS {
+                let v = a.properties.authentication_data.clone().unwrap();
+                fin.server_final(&v)
+                    .expect("the server proves it knows the password");
+                assert_eq!(
+                    a.properties
+                        .authentication_method
+                        .as_ref()
+                        .unwrap()
+                        .as_str(),
+                    "SCRAM-SHA-256"
+                );
+            }
+            (raw, a.reason)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn scram_sha_256_enhanced_authentication() {
+    let dir = std::env::temp_dir().join(format!("shardmq-scram-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cred = std::process::Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .args(["scram-credential", "alice"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b"wonderland\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(cred.status.success());
+    let creds = dir.join("scram");
+    std::fs::write(&creds, &cred.stdout).unwrap();
+    let config = dir.join("shardmq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nscram_credentials = {:?}\n",
+            creds.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    for shards in [1, 3] {
+        let b = Broker::start(shards, &["--config", config.to_str().unwrap()]);
+        let (mut ok, reason) = scram_connect(&b, "alice", "wonderland");
+        assert_eq!(reason, ReasonCode::SUCCESS);
+        subscribe(&mut ok, "auth/t", QoS::AtMostOnce);
+        let (_, reason) = scram_connect(&b, "alice", "looking-glass");
+        assert_eq!(reason, ReasonCode::NOT_AUTHORIZED);
+        let (_, reason) = scram_connect(&b, "mallory", "x");
+        assert_eq!(reason, ReasonCode::NOT_AUTHORIZED);
+        // A method the broker does not offer.
+        let mut raw = Raw::connect(b.addr, Version::V5);
+        let mut c = connect_packet(Version::V5, "other", true, 30);
+        if let Packet::Connect(c) = &mut c {
+            c.properties.authentication_method = Some("KERBEROS".into());
+        }
+        raw.send(&c);
+        assert!(matches!(raw.recv(),
+            Some(Packet::ConnAck(a)) if a.reason == ReasonCode::BAD_AUTHENTICATION_METHOD));
+        // The authenticated client still works.
+        let (mut p, _) = session(&b, Version::V5, "auth-pub", true);
+        p.send(&publish("auth/t", QoS::AtMostOnce, 0, b"hi"));
+        assert!(matches!(ok.recv(), Some(Packet::Publish(m)) if m.payload.as_ref() == b"hi"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -201,8 +201,14 @@ impl Grant {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Route this message to its subscribers (and, if it has RETAIN set, to the retained
-    /// store: an empty payload deletes).
-    Publish(Message),
+    /// store: an empty payload deletes), then call [`Session::ack`] with `ack` and whether
+    /// any subscriber matched.
+    Publish {
+        /// The message.
+        msg: Message,
+        /// The acknowledgement the publisher is owed.
+        ack: Ack,
+    },
     /// The client subscribed to `filter` (`is_new`: it did not hold this filter before).
     /// Update the index and routes (or the shared group, for a `$share/` filter), then call
     /// [`Session::suback`] after the last one of the packet, then deliver retained messages as
@@ -232,6 +238,17 @@ pub enum Action {
         /// Publish the will anyway.
         publish_will: bool,
     },
+}
+
+/// The acknowledgement owed for a client's PUBLISH, sent once it is routed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// QoS 0: none.
+    None,
+    /// QoS 1: PUBACK for this packet identifier.
+    PubAck(u16),
+    /// QoS 2: PUBREC for this packet identifier.
+    PubRec(u16),
 }
 
 /// What became of a message given to [`Session::deliver`].
@@ -558,7 +575,8 @@ impl Session {
             u32::MAX
         };
         let alias_out = if v5 && l.server_topic_aliases {
-            p.topic_alias_maximum.unwrap_or(0)
+            // Each alias keeps a topic: bounded by the broker's own limit too.
+            p.topic_alias_maximum.unwrap_or(0).min(l.max_topic_aliases)
         } else {
             0
         };
@@ -580,12 +598,14 @@ impl Session {
     /// Maximum, Maximum Packet Size, Topic Alias Maximum, Maximum QoS and the availability
     /// flags when something is off, the granted Session Expiry and Server Keep Alive when they
     /// differ from what was asked, the Assigned Client Identifier, and Response Information
-    /// when requested.
+    /// when requested; `auth` is the Authentication Method and final data of an enhanced
+    /// authentication that accepted the client.
     pub fn connack(
         &mut self,
         session_present: bool,
         c: &Connect,
         assigned: Option<&Str>,
+        auth: Option<(Str, Option<Bytes>)>,
         now: u32,
     ) {
         let mut ack = ConnAck {
@@ -598,6 +618,10 @@ impl Session {
             let p = &mut ack.properties;
             if let Some(id) = assigned {
                 p.assigned_client_identifier = Some(id.clone());
+            }
+            if let Some((method, data)) = auth {
+                p.authentication_method = Some(method);
+                p.authentication_data = data;
             }
             if self.keep_alive != c.keep_alive {
                 p.server_keep_alive = Some(self.keep_alive);
@@ -685,6 +709,11 @@ impl Session {
     /// Takes the delayed will (its delay ran out, or the session ended).
     pub fn take_delayed_will(&mut self) -> Option<Will> {
         self.delayed_will.take()
+    }
+
+    /// Encodes any packet for the client (AUTH during re-authentication).
+    pub fn send(&mut self, p: &Packet) {
+        let _ = p.encode(self.version, &mut self.tx);
     }
 
     /// Encodes a 5.0 DISCONNECT with `reason` (3.x has no server DISCONNECT: the shard just
@@ -923,21 +952,40 @@ impl Session {
             ));
         }
         let id = p.packet_id;
-        let origin = self.client_id.clone();
+        if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            // §3.3.2.3.2: the broker may check a payload declared UTF-8; the message is not
+            // routed, and QoS 1/2 publishers are told why.
+            let reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
+            match p.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.encode_ack(Ack::PubAck(id), reason),
+                QoS::ExactlyOnce => self.encode_ack(Ack::PubRec(id), reason),
+            }
+            return Ok(());
+        }
         let expires_at = p
             .properties
             .message_expiry_interval
             .map(|e| now.saturating_add(e));
+        let keep = p.qos != QoS::AtMostOnce || p.retain;
+        let origin = if keep {
+            // Kept past this read: not a view of the CONNECT buffer either.
+            Str::new_unchecked(Bytes::copy_from_slice(self.client_id.as_bytes()))
+        } else {
+            self.client_id.clone()
+        };
         let message = |p: Publish| {
-            let publish = if p.qos == QoS::AtMostOnce && !p.retain {
+            let publish = if keep {
+                detached(&p)
+            } else {
                 // Delivered and dropped within this loop turn, or copied where it is kept.
                 Publish {
                     dup: false,
                     packet_id: 0,
                     ..p
                 }
-            } else {
-                detached(&p)
             };
             Arc::new(AppMessage {
                 publish,
@@ -946,16 +994,19 @@ impl Session {
             })
         };
         match p.qos {
-            QoS::AtMostOnce => actions.push(Action::Publish(message(p))),
-            QoS::AtLeastOnce => {
-                actions.push(Action::Publish(message(p)));
-                let _ = Packet::PubAck(PubAck::new(id)).encode(version, &mut self.tx);
-            }
+            QoS::AtMostOnce => actions.push(Action::Publish {
+                msg: message(p),
+                ack: Ack::None,
+            }),
+            QoS::AtLeastOnce => actions.push(Action::Publish {
+                msg: message(p),
+                ack: Ack::PubAck(id),
+            }),
             QoS::ExactlyOnce => match self.inbound.publish(id) {
-                IncomingQos2::Deliver => {
-                    actions.push(Action::Publish(message(p)));
-                    let _ = Packet::PubRec(PubAck::new(id)).encode(version, &mut self.tx);
-                }
+                IncomingQos2::Deliver => actions.push(Action::Publish {
+                    msg: message(p),
+                    ack: Ack::PubRec(id),
+                }),
                 IncomingQos2::Duplicate => {
                     let _ = Packet::PubRec(PubAck::new(id)).encode(version, &mut self.tx);
                 }
@@ -969,6 +1020,35 @@ impl Session {
             },
         }
         Ok(())
+    }
+
+    /// Acknowledges a routed PUBLISH: 5.0 publishers learn when no subscriber matched
+    /// (0x10 No matching subscribers).
+    pub fn ack(&mut self, ack: Ack, matched: bool) {
+        let reason = if matched || !self.version.is_v5() {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        };
+        self.encode_ack(ack, reason);
+    }
+
+    fn encode_ack(&mut self, ack: Ack, reason: ReasonCode) {
+        let (id, rec) = match ack {
+            Ack::None => return,
+            Ack::PubAck(id) => (id, false),
+            Ack::PubRec(id) => (id, true),
+        };
+        let mut a = PubAck::new(id);
+        if self.version.is_v5() {
+            a.reason = reason;
+        }
+        let p = if rec {
+            Packet::PubRec(a)
+        } else {
+            Packet::PubAck(a)
+        };
+        let _ = p.encode(self.version, &mut self.tx);
     }
 
     /// One SUBSCRIBE entry: `Ok(Ok(granted QoS))`, `Ok(Err(refusal))`, or `Err` for a
@@ -1153,8 +1233,9 @@ impl Session {
         };
         let before = self.tx.len();
         let version = self.version;
-        let extras = version.is_v5()
-            && (!o.ids.is_empty() || o.msg.expires_at.is_some() || self.aliases.is_some());
+        let aliasing = self.aliases.as_ref().is_some_and(|a| a.outgoing_max > 0);
+        let extras =
+            version.is_v5() && (!o.ids.is_empty() || o.msg.expires_at.is_some() || aliasing);
         if !extras {
             let _ = o.msg.encode_as(version, d, &mut self.tx);
         } else {
@@ -1172,7 +1253,9 @@ impl Session {
                     topic = &[];
                 } else if a.outgoing.len() < usize::from(a.outgoing_max) {
                     let alias = a.outgoing.len() as u16 + 1;
-                    a.outgoing.insert(o.msg.topic.clone(), alias);
+                    // Its own copy: the message's topic may be a view of a read buffer.
+                    let key = TopicName::new_unchecked(Bytes::copy_from_slice(topic));
+                    a.outgoing.insert(key, alias);
                     props.topic_alias = Some(alias);
                 }
             }

@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use monoio::buf::IoBufMut;
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
@@ -34,8 +34,9 @@ use monoio::net::TcpStream;
 
 use super::state::Shard;
 use super::wheel::Watched;
+use crate::auth::{Client, Conversation, Reply};
 use crate::protocol::session::{Session, check_connect, encode_refusal};
-use crate::protocol::{Connect, Packet, ReasonCode, Str, Version, decode};
+use crate::protocol::{Auth, Connect, Packet, ReasonCode, Str, Version, decode};
 
 /// Read buffer of a connection that has gone quiet (bytes).
 pub const IDLE_BUFFER: usize = 256;
@@ -182,6 +183,42 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
         .fetch_sub(1, Ordering::Relaxed);
 }
 
+/// Queues a packet for a connection that has no session yet (AUTH during CONNECT).
+fn send_early(conn: &ConnShared, version: Version, p: &Packet) {
+    let mut out = BytesMut::new();
+    let _ = p.encode(version, &mut out);
+    conn.leftover.borrow_mut().extend_from_slice(&out);
+    conn.wake_writer();
+}
+
+/// The next whole packet of a connection that has no session yet, read in small reads (its
+/// strings may be kept).
+async fn next_packet(
+    rd: &mut OwnedReadHalf<TcpStream>,
+    buf: &mut BytesMut,
+    conn: &ConnShared,
+    version: Version,
+    max_packet: u32,
+) -> Result<Packet, &'static str> {
+    loop {
+        match decode(buf, version, max_packet) {
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(token = conn.token, error = %e, "malformed packet before CONNACK");
+                return Err("malformed packet");
+            }
+        }
+        match fill(rd, buf, IDLE_BUFFER).await {
+            Ok(0) | Err(_) => return Err("closed during authentication"),
+            Ok(_) => {}
+        }
+        if conn.is_closing() {
+            return Err("connect timeout");
+        }
+    }
+}
+
 /// Reads into the free tail of `buf` (monoio would otherwise read over unparsed bytes at
 /// offset 0), first making room for `want` bytes when less than half of that is free.
 /// `Ok(0)` on EOF. Also used by the bench clients.
@@ -247,14 +284,64 @@ async fn read_loop(
     };
     let version = connect.version;
 
-    // Enhanced authentication (§4.12): no method is configured, so a CONNECT naming one is
-    // refused with 0x8C [MQTT-4.12.0-1].
-    if version.is_v5() && connect.properties.authentication_method.is_some() {
-        let mut out = BytesMut::new();
-        encode_refusal(version, ReasonCode::BAD_AUTHENTICATION_METHOD, &mut out);
-        conn.leftover.borrow_mut().extend_from_slice(&out);
-        conn.wake_writer();
-        return "unsupported authentication method";
+    // Enhanced authentication (§4.12): CONNECT names a method; AUTH packets go back and forth
+    // until the method accepts (CONNACK 0x00 with its final data) or refuses. The connect
+    // timeout bounds the whole exchange (nothing refreshes `heard` before CONNACK).
+    let mut conversation: Option<Conversation> = None;
+    let mut auth_done: Option<(Str, Option<Bytes>)> = None;
+    if let (true, Some(method)) = (
+        version.is_v5(),
+        connect.properties.authentication_method.clone(),
+    ) {
+        let auths = shard.borrow().shared.authenticators.clone();
+        let client = Client {
+            client_id: connect.client_id.as_str(),
+            username: connect.username.as_ref().map(|u| u.as_str()),
+        };
+        let data = connect
+            .properties
+            .authentication_data
+            .as_deref()
+            .unwrap_or(&[]);
+        let (mut conv, mut reply) = Conversation::connect(&auths, client, method.as_str(), data);
+        loop {
+            match reply {
+                Reply::Auth { reason, data } => {
+                    let mut auth = Auth {
+                        reason,
+                        properties: Default::default(),
+                    };
+                    auth.properties.authentication_method = Some(method.clone());
+                    auth.properties.authentication_data = data.map(Bytes::from);
+                    send_early(conn, version, &Packet::Auth(auth));
+                    let packet = match next_packet(rd, &mut buf, conn, version, max_packet).await {
+                        Ok(p) => p,
+                        Err(why) => return why,
+                    };
+                    reply = match packet {
+                        Packet::Auth(a) => conv.auth(&auths, client, &a),
+                        Packet::Disconnect(_) => return "DISCONNECT during authentication",
+                        _ => Reply::ConnAck {
+                            reason: ReasonCode::PROTOCOL_ERROR,
+                            data: None,
+                        },
+                    };
+                }
+                Reply::ConnAck { reason, data } if reason.is_success() => {
+                    auth_done = Some((method.clone(), data.map(Bytes::from)));
+                    break;
+                }
+                Reply::ConnAck { reason, .. } | Reply::Disconnect { reason } => {
+                    let mut out = BytesMut::new();
+                    encode_refusal(version, reason, &mut out);
+                    conn.leftover.borrow_mut().extend_from_slice(&out);
+                    conn.wake_writer();
+                    tracing::debug!(token = conn.token, %reason, "authentication refused");
+                    return "authentication refused";
+                }
+            }
+        }
+        conversation = Some(conv);
     }
 
     let accepted = {
@@ -311,7 +398,7 @@ async fn read_loop(
         let keep_alive = session.keep_alive();
         let assigned = accepted.assigned.then_some(&accepted.client_id);
         let now = s.now;
-        session.connack(present, &connect, assigned, now);
+        session.connack(present, &connect, assigned, auth_done.take(), now);
         let grace = if keep_alive == 0 {
             u32::MAX
         } else {
@@ -324,6 +411,7 @@ async fn read_loop(
         conn.wake_writer();
         slot
     };
+    let username = connect.username.clone();
     drop(connect);
 
     let mut actions = Vec::new();
@@ -337,6 +425,38 @@ async fn read_loop(
                 return "session taken over";
             };
             match decode(&mut buf, version, max_packet) {
+                Ok(Some(Packet::Auth(a))) if conversation.is_some() => {
+                    // Re-authentication (§4.12.1), on the method the CONNECT chose.
+                    let Some(conv) = conversation.as_mut() else {
+                        break;
+                    };
+                    let auths = s.shared.authenticators.clone();
+                    let Some(e) = s.sessions.get_mut(slot) else {
+                        return "session taken over";
+                    };
+                    let client = Client {
+                        client_id: accepted.client_id.as_str(),
+                        username: username.as_ref().map(|u| u.as_str()),
+                    };
+                    match conv.auth(&auths, client, &a) {
+                        Reply::Auth { reason, data } => {
+                            let mut auth = Auth {
+                                reason,
+                                properties: Default::default(),
+                            };
+                            auth.properties.authentication_method =
+                                Str::new(Bytes::copy_from_slice(conv.method().as_bytes())).ok();
+                            auth.properties.authentication_data = data.map(Bytes::from);
+                            e.session.send(&Packet::Auth(auth));
+                            conn.wake_writer();
+                        }
+                        Reply::ConnAck { reason, .. } | Reply::Disconnect { reason } => {
+                            e.session.disconnect_with(reason);
+                            conn.wake_writer();
+                            return "re-authentication refused";
+                        }
+                    }
+                }
                 Ok(Some(p)) => {
                     let r = e.session.handle(p, now, &mut actions);
                     if let Err(err) = r {

@@ -28,6 +28,7 @@ use super::conn::{self, ConnShared};
 use super::listen::bind_shared;
 use super::spawn::{run_on_runtime, spawn_pinned};
 use super::state::{Shard, ShardWaker, Shared};
+use crate::auth::{Authenticators, ScramSha256};
 use crate::config::Config;
 use crate::index::routes::MAX_SHARDS;
 use crate::index::{Routes, SharedRoutes};
@@ -70,8 +71,28 @@ impl Broker {
     }
 }
 
-/// Binds the listeners, builds the mesh and starts the shards. Errors are one line.
+/// Binds the listeners, builds the mesh and starts the shards, with the enhanced
+/// authentication methods the configuration names (`auth.scram_credentials`). Errors are one
+/// line.
 pub fn start(config: Config) -> Result<Broker, String> {
+    let mut auths = Authenticators::new();
+    if let Some(path) = &config.auth.scram_credentials {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "auth.scram_credentials: cannot read {}: {e}",
+                path.display()
+            )
+        })?;
+        let scram = ScramSha256::from_lines(&text)
+            .map_err(|e| format!("auth.scram_credentials {}: {e}", path.display()))?;
+        auths.add(scram).map_err(|e| format!("auth: {e}"))?;
+    }
+    start_with(config, Arc::new(auths))
+}
+
+/// [`start`] with the embedder's own enhanced-authentication methods (the library's hook for
+/// MQTT 5.0 AUTH exchanges: implement [`crate::auth::Authenticator`]).
+pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result<Broker, String> {
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cores = config.shard_cores(available);
     let n = cores.len();
@@ -115,6 +136,7 @@ pub fn start(config: Config) -> Result<Broker, String> {
         connections: AtomicUsize::new(0),
         dropped: AtomicU64::new(0),
         shutdown: AtomicBool::new(false),
+        authenticators,
         config,
     });
 

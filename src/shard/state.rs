@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::index::{LocalIndex, RetainedStore, Routes, SharedRoutes};
 use crate::mesh::{Consumer, Doorbell, Envelope, Producer, Wake};
 use crate::protocol::session::{
-    Action, AppMessage, Grant, Message, Outgoing, Session, SessionLimits, Subscription,
+    Ack, Action, AppMessage, Grant, Message, Outgoing, Session, SessionLimits, Subscription,
 };
 use crate::protocol::{Properties, Publish, QoS, ReasonCode, Str, TopicFilter, TopicName, Will};
 
@@ -66,6 +66,8 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Messages dropped broker-wide (slow consumers, full queues, full rings).
     pub dropped: AtomicU64,
+    /// MQTT 5.0 enhanced-authentication methods, by name.
+    pub authenticators: Arc<crate::auth::Authenticators>,
     /// Set once by [`run::Broker::shutdown`](super::run::Broker::shutdown): every shard
     /// tells its clients and closes them.
     pub shutdown: AtomicBool,
@@ -626,8 +628,11 @@ impl Shard {
         let client_id = e.session.client_id().clone();
         let (will_delay, expiry) = (e.session.will_delay(), e.session.expiry());
         let token = e.token;
-        let taken = e.session.take_shared();
-        self.requeue_shared(taken);
+        if persistent {
+            // Parked, still a member: its unacknowledged shared messages go to the others.
+            let taken = e.session.take_shared();
+            self.requeue_shared(taken);
+        }
         if let Some(will) = will {
             self.publish_will(will, client_id);
         }
@@ -635,6 +640,16 @@ impl Shard {
             self.end_session(slot);
         } else {
             let now = self.now;
+            // Stale timers (sessions that came back) are only skipped when due: rebuild the
+            // heap when they outnumber the sessions, so it stays O(sessions).
+            if self.timers.len() > 2 * self.sessions.len() + 1024 {
+                let sessions = &self.sessions;
+                self.timers.retain(|Reverse((_, token, slot, _))| {
+                    sessions
+                        .get(*slot)
+                        .is_some_and(|e| e.token == *token && e.conn.is_none())
+                });
+            }
             if let Some(d) = will_delay {
                 self.timers
                     .push(Reverse((now.saturating_add(d), token, slot, Timer::Will)));
@@ -741,8 +756,9 @@ impl Shard {
 
     /// Routes a message: retained replicas everywhere if RETAIN is set, one envelope per other
     /// interested shard, local delivery if this shard is interested, and one envelope (or a
-    /// local delivery) per matching shared-subscription group.
-    pub fn route(&mut self, msg: Message) {
+    /// local delivery) per matching shared-subscription group. Returns whether any
+    /// subscriber (plain or shared, on any shard) matched.
+    pub fn route(&mut self, msg: Message) -> bool {
         if msg.retain {
             for d in 0..self.count {
                 if d != self.id {
@@ -761,15 +777,18 @@ impl Shard {
         if mask & (1u64 << self.id) != 0 {
             self.deliver_local(&msg);
         }
+        let mut matched = mask != 0;
         if !self.shared.shared_routes.is_empty() {
             let mut groups: SmallVec<[(TopicFilter, u64); 2]> = SmallVec::new();
             self.shared
                 .shared_routes
                 .for_each_match(msg.topic.as_bytes(), |k, m| groups.push((k.clone(), m)));
             for (group, mask) in groups {
+                matched = true;
                 self.send_shared(msg.clone(), group, None, mask, 0);
             }
         }
+        matched
     }
 
     /// Sends a message for the shared group `group` to one shard of `mask` not in `tried`:
@@ -944,9 +963,12 @@ impl Shard {
         let mut disconnect = None;
         for action in actions.drain(..) {
             match action {
-                Action::Publish(m) => {
+                Action::Publish { msg, ack } => {
                     self.stats.received += 1;
-                    self.route(m);
+                    let matched = self.route(msg);
+                    if ack != Ack::None {
+                        self.sessions[slot].session.ack(ack, matched);
+                    }
                 }
                 Action::Subscribe {
                     filter,

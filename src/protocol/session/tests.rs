@@ -52,7 +52,7 @@ fn qos1_window_queue_and_replay_with_dup() {
     };
     let mut s = session(limits);
     s.attach(&connect(Version::V3_1_1, false));
-    s.connack(false, &connect(Version::V3_1_1, false), None, 0);
+    s.connack(false, &connect(Version::V3_1_1, false), None, None, 0);
     assert!(matches!(sent(&mut s)[..], [Packet::ConnAck(_)]));
     let m = message("t", QoS::AtLeastOnce);
     assert_eq!(s.deliver(&m, grant(QoS::ExactlyOnce), 0), Delivered::Sent);
@@ -65,7 +65,7 @@ fn qos1_window_queue_and_replay_with_dup() {
     // Reconnect without acknowledging: the same id again, with DUP.
     assert_eq!(s.detach(), None);
     s.attach(&connect(Version::V3_1_1, false));
-    s.connack(true, &connect(Version::V3_1_1, false), None, 0);
+    s.connack(true, &connect(Version::V3_1_1, false), None, None, 0);
     match &sent(&mut s)[..] {
         [Packet::ConnAck(a), Packet::Publish(p)] => {
             assert!(a.session_present);
@@ -99,6 +99,12 @@ fn qos2_inbound_is_delivered_once_until_pubrel() {
     s.handle(Packet::Publish(Publish { dup: true, ..p }), 0, &mut actions)
         .unwrap();
     assert_eq!(actions.len(), 1, "delivered once");
+    // The first PUBREC goes out once the shard has routed the message.
+    let Action::Publish { ack, .. } = actions[0] else {
+        panic!()
+    };
+    assert_eq!(ack, Ack::PubRec(7));
+    s.ack(ack, true);
     s.handle(Packet::PubRel(PubAck::new(7)), 0, &mut actions)
         .unwrap();
     let out = sent(&mut s);
@@ -237,7 +243,7 @@ fn connack_announces_limits_and_features() {
         c.properties.request_response_information = Some(1);
     });
     s.attach(&c);
-    s.connack(false, &c, None, 0);
+    s.connack(false, &c, None, None, 0);
     let [Packet::ConnAck(a)] = &sent(&mut s)[..] else {
         panic!()
     };
@@ -269,7 +275,9 @@ fn topic_aliases_from_the_client_resolve_and_are_stripped() {
     s.handle(Packet::Publish(p.clone()), 0, &mut actions)
         .unwrap();
     for a in &actions {
-        let Action::Publish(m) = a else { panic!() };
+        let Action::Publish { msg: m, .. } = a else {
+            panic!()
+        };
         assert_eq!(m.topic.as_str(), "a/b");
         assert_eq!(m.properties.topic_alias, None);
         assert_eq!(m.origin.as_str(), "c");
