@@ -57,6 +57,8 @@ pub struct ConnShared {
     reader: Cell<Option<Waker>>,
     granted: RefCell<Option<Option<Box<Session>>>>,
     leftover: RefCell<BytesMut>,
+    /// Generation of the connection's keep alive wheel entry (see [`Filed`]).
+    filed: Cell<u8>,
 }
 
 impl std::fmt::Debug for ConnShared {
@@ -82,6 +84,7 @@ impl ConnShared {
             reader: Cell::new(None),
             granted: RefCell::new(None),
             leftover: RefCell::new(BytesMut::new()),
+            filed: Cell::new(0),
         }
     }
 
@@ -139,17 +142,32 @@ impl ConnShared {
     }
 }
 
-impl Watched for Rc<ConnShared> {
+/// A connection as the keep alive wheel files it: with the filing generation, so that when
+/// CONNACK shortens the grace from the connect timeout to 1.5 × Keep Alive and the connection
+/// is filed again, the earlier entry drops out instead of being checked forever.
+#[derive(Debug, Clone)]
+pub struct Filed(pub Rc<ConnShared>, u8);
+
+impl Filed {
+    /// Files `conn` anew (invalidating its earlier entry).
+    pub fn new(conn: &Rc<ConnShared>) -> Self {
+        let generation = conn.filed.get().wrapping_add(1);
+        conn.filed.set(generation);
+        Filed(conn.clone(), generation)
+    }
+}
+
+impl Watched for Filed {
     fn last_heard(&self) -> Option<u32> {
-        if self.closing.get() {
+        if self.0.closing.get() || self.0.filed.get() != self.1 {
             None
         } else {
-            self.heard.get()
+            self.0.heard.get()
         }
     }
 
     fn grace(&self) -> u32 {
-        self.grace.get()
+        self.0.grace.get()
     }
 }
 
@@ -161,7 +179,7 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
         let mut s = shard.borrow_mut();
         let grace = s.shared.config.limits.connect_timeout_secs.max(1);
         let conn = Rc::new(ConnShared::new(s.new_token(), fd, s.now, grace));
-        s.wheel.insert(conn.clone());
+        s.wheel.insert(Filed::new(&conn));
         conn
     };
     let (mut rd, wr) = stream.into_split();
@@ -406,6 +424,9 @@ async fn read_loop(
         };
         conn.set_grace(grace);
         conn.heard.set(Some(s.now));
+        if keep_alive != 0 {
+            s.wheel.insert(Filed::new(conn));
+        }
         let slot = s.install(session, conn.token, Some(conn.clone()));
         conn.slot.set(Some(slot));
         conn.wake_writer();

@@ -255,7 +255,7 @@ async fn ticker(shard: Rc<RefCell<Shard>>) {
         let mut s = shard.borrow_mut();
         let now = start.elapsed().as_secs() as u32;
         s.now = now;
-        s.wheel.advance(now, |c| expired.push(c));
+        s.wheel.advance(now, |c| expired.push(c.0));
         for c in expired.drain(..) {
             tracing::debug!(token = c.token, "keep alive expired");
             if let Some(slot) = c.slot.get() {

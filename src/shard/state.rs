@@ -16,7 +16,7 @@ use atomic_waker::AtomicWaker;
 use slab::Slab;
 use smallvec::SmallVec;
 
-use super::conn::ConnShared;
+use super::conn::{ConnShared, Filed};
 use super::wheel::Wheel;
 use crate::config::Config;
 use crate::index::{LocalIndex, RetainedStore, Routes, SharedRoutes};
@@ -163,7 +163,7 @@ pub struct Shard {
     pub now: u32,
     next_token: u64,
     /// The keep alive wheel.
-    pub wheel: Wheel<Rc<ConnShared>>,
+    pub wheel: Wheel<Filed>,
     /// Counters.
     pub stats: Stats,
     matches: Vec<(u32, Subscription)>,
