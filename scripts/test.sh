@@ -28,6 +28,25 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/de
   fi
 fi
 echo "mosquitto clients: $(command -v mosquitto_pub)"
+# ... and Python paho-mqtt 2.x for the MQTT 5.0 features rumqttc cannot exercise
+# (tests/paho_v5.rs runs the scripts in tests/paho/).
+if ! python3 -c 'import paho.mqtt, sys; sys.exit(paho.mqtt.__version__ < "2")' >/dev/null 2>&1; then
+  if ! command -v python3 >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip >/dev/null
+  fi
+  if ! command -v python3 >/dev/null 2>&1; then
+    echo "scripts/test.sh: python3 missing; install Python 3 (the paho-mqtt tests need it)" >&2
+    exit 1
+  fi
+  # pip of this python3 (a bare `pip` may belong to another interpreter).
+  if python3 -m pip --version >/dev/null 2>&1; then
+    python3 -m pip install --quiet paho-mqtt==2.1.0
+  else
+    pip install --quiet paho-mqtt==2.1.0
+  fi
+fi
+echo "paho-mqtt: $(python3 -c 'import paho.mqtt; print(paho.mqtt.__version__)')"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

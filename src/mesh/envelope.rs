@@ -20,7 +20,7 @@
 //!
 //! Built on the connecting or publishing shard, consumed on the receiving shard.
 
-use crate::protocol::session::{Grant, Message, Session};
+use crate::protocol::session::{Message, Regrant, Session};
 use crate::protocol::{Str, TopicFilter};
 
 /// One message between shards.
@@ -37,7 +37,7 @@ pub enum Envelope {
         group: TopicFilter,
         /// The grant it had with a member that left without acknowledging it (redelivery),
         /// or `None` for a new publish.
-        grant: Option<Grant>,
+        grant: Option<Regrant>,
         /// Shards that already found no member (a member may leave while the message
         /// travels): the receiver passes it on to a shard not in this mask.
         tried: u64,

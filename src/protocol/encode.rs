@@ -135,6 +135,7 @@ impl Publish {
     /// [`encode_as`](Self::encode_as) with this subscriber's own topic bytes (empty when a
     /// topic alias names it) and property list (its subscription identifiers, the remaining
     /// message expiry, a topic alias) in place of the message's.
+    #[inline]
     pub fn encode_with(
         &self,
         version: Version,

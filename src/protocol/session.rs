@@ -172,29 +172,43 @@ pub struct Subscription {
     pub id: u32,
 }
 
-/// How one message goes to one session: what its matching subscriptions grant.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Grant {
+/// How one message goes to one session: what its matching subscriptions grant. Borrowed
+/// and `Copy`, so the per-delivery hot path builds and drops nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grant<'a> {
     /// The highest QoS granted by the matching subscriptions.
     pub qos: QoS,
     /// The RETAIN flag the client sees.
     pub retain: bool,
     /// The Subscription Identifiers of the matching subscriptions (5.0).
-    pub ids: SmallVec<[u32; 2]>,
+    pub ids: &'a [u32],
     /// The shared subscription (`$share/...` filter) the message was chosen for, if any: it
     /// goes back to its group when this session leaves without acknowledging it.
-    pub share: Option<TopicFilter>,
+    pub share: Option<&'a TopicFilter>,
 }
 
-impl Grant {
+impl Grant<'static> {
     /// A plain grant at `qos` with RETAIN `retain`.
     pub fn qos(qos: QoS, retain: bool) -> Self {
         Self {
             qos,
             retain,
-            ..Self::default()
+            ids: &[],
+            share: None,
         }
     }
+}
+
+/// The grant of a shared-subscription message given back to its group by a member that
+/// left: the next member gets it as the first one did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Regrant {
+    /// QoS of the delivery.
+    pub qos: QoS,
+    /// RETAIN as delivered.
+    pub retain: bool,
+    /// Subscription Identifiers attached.
+    pub ids: SmallVec<[u32; 2]>,
 }
 
 /// What the shard must do after [`Session::handle`].
@@ -285,24 +299,54 @@ pub struct Outgoing {
     pub qos: QoS,
     /// RETAIN as the client sees it.
     pub retain: bool,
-    /// Subscription Identifiers attached.
-    pub ids: SmallVec<[u32; 2]>,
-    /// The shared subscription it was chosen for.
-    pub share: Option<TopicFilter>,
+    /// Subscription Identifiers and shared group, boxed: most deliveries have neither, and
+    /// a window or queue entry stays three words.
+    extra: Option<Box<OutExtra>>,
+}
+
+/// The rarer parts of an [`Outgoing`].
+#[derive(Clone, Debug)]
+struct OutExtra {
+    ids: SmallVec<[u32; 2]>,
+    share: Option<TopicFilter>,
 }
 
 impl Outgoing {
+    fn new(msg: Message, qos: QoS, grant: Grant<'_>) -> Self {
+        let extra = (!grant.ids.is_empty() || grant.share.is_some()).then(|| {
+            Box::new(OutExtra {
+                ids: SmallVec::from_slice(grant.ids),
+                share: grant.share.cloned(),
+            })
+        });
+        Self {
+            msg,
+            qos,
+            retain: grant.retain,
+            extra,
+        }
+    }
+
     fn cost(&self) -> usize {
         self.msg.payload.len() + self.msg.topic.len()
     }
 
+    /// The Subscription Identifiers attached.
+    pub fn ids(&self) -> &[u32] {
+        self.extra.as_deref().map_or(&[], |e| &e.ids)
+    }
+
+    /// The shared subscription (`$share/` filter) the message was chosen for.
+    pub fn share(&self) -> Option<&TopicFilter> {
+        self.extra.as_deref().and_then(|e| e.share.as_ref())
+    }
+
     /// The grant this message was delivered with (to give it to another group member).
-    pub fn grant(&self) -> Grant {
-        Grant {
+    pub fn regrant(&self) -> Regrant {
+        Regrant {
             qos: self.qos,
             retain: self.retain,
-            ids: self.ids.clone(),
-            share: self.share.clone(),
+            ids: SmallVec::from_slice(self.ids()),
         }
     }
 }
@@ -434,10 +478,12 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new, empty, offline session for `client_id`.
+    /// A new, empty, offline session for `client_id` (copied into its own buffer: the id
+    /// goes into every message the client publishes, for No Local, and must not keep the
+    /// CONNECT's read buffer alive).
     pub fn new(client_id: Str, limits: Arc<SessionLimits>) -> Self {
         Self {
-            client_id,
+            client_id: Str::new_unchecked(Bytes::copy_from_slice(client_id.as_bytes())),
             version: Version::V3_1_1,
             persistent: false,
             connected: false,
@@ -970,12 +1016,8 @@ impl Session {
             .message_expiry_interval
             .map(|e| now.saturating_add(e));
         let keep = p.qos != QoS::AtMostOnce || p.retain;
-        let origin = if keep {
-            // Kept past this read: not a view of the CONNECT buffer either.
-            Str::new_unchecked(Bytes::copy_from_slice(self.client_id.as_bytes()))
-        } else {
-            self.client_id.clone()
-        };
+        // The session's own copy of its id (see `new`): a reference count, not a copy.
+        let origin = self.client_id.clone();
         let message = |p: Publish| {
             let publish = if keep {
                 detached(&p)
@@ -1176,26 +1218,20 @@ impl Session {
     /// into the transmit buffer (dropped if the client is offline or not reading), QoS 1/2
     /// through the window, or the queue when the window is full or the client is offline.
     /// An expired message is dropped.
-    pub fn deliver(&mut self, msg: &Message, grant: Grant, now: u32) -> Delivered {
+    pub fn deliver(&mut self, msg: &Message, grant: Grant<'_>, now: u32) -> Delivered {
         if msg.is_expired(now) {
             self.drops.expired += 1;
             return Delivered::Dropped;
         }
         let qos = msg.qos.min(grant.qos);
-        let o = Outgoing {
-            msg: msg.clone(),
-            qos,
-            retain: grant.retain,
-            ids: grant.ids,
-            share: grant.share,
-        };
         if qos == QoS::AtMostOnce {
             if self.connected {
                 if self.tx.len() >= self.limits.max_write_buffer {
                     self.drops.slow_consumer += 1;
                     return Delivered::Dropped;
                 }
-                return if self.encode_out(&o, false, 0, now) {
+                let sent = self.encode_msg(msg, qos, grant.retain, grant.ids, false, 0, now);
+                return if sent {
                     Delivered::Sent
                 } else {
                     Delivered::Dropped
@@ -1204,62 +1240,58 @@ impl Session {
             if !(self.persistent && self.limits.queue_qos0_offline) {
                 return Delivered::Dropped;
             }
-            let o = Outgoing {
-                msg: Arc::new(AppMessage {
-                    publish: detached(msg),
-                    origin: msg.origin.clone(),
-                    expires_at: msg.expires_at,
-                }),
-                ..o
-            };
-            return self.enqueue(o);
+            let copy = Arc::new(AppMessage {
+                publish: detached(msg),
+                origin: msg.origin.clone(),
+                expires_at: msg.expires_at,
+            });
+            return self.enqueue(Outgoing::new(copy, qos, grant));
         }
+        let o = Outgoing::new(msg.clone(), qos, grant);
         if self.connected && self.queue.is_empty() && self.out.has_room() {
             return self.send_windowed(o, now);
         }
         self.enqueue(o)
     }
 
+    /// [`encode_msg`](Self::encode_msg) for a queued or inflight message.
+    fn encode_out(&mut self, o: &Outgoing, dup: bool, packet_id: u16, now: u32) -> bool {
+        self.encode_msg(&o.msg, o.qos, o.retain, o.ids(), dup, packet_id, now)
+    }
+
     /// Encodes one delivery into the transmit buffer with this client's per-delivery
     /// properties (5.0: subscription identifiers, the remaining expiry, a topic alias).
     /// Returns false, encoding nothing, when the frame exceeds the client's Maximum Packet
     /// Size [MQTT-3.1.2-24].
-    fn encode_out(&mut self, o: &Outgoing, dup: bool, packet_id: u16, now: u32) -> bool {
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the hot path: the delivery's fields, not a struct built per message"
+    )]
+    #[inline(always)]
+    fn encode_msg(
+        &mut self,
+        msg: &Message,
+        qos: QoS,
+        retain: bool,
+        ids: &[u32],
+        dup: bool,
+        packet_id: u16,
+        now: u32,
+    ) -> bool {
         let d = Delivery {
             dup,
-            qos: o.qos,
-            retain: o.retain,
+            qos,
+            retain,
             packet_id,
         };
         let before = self.tx.len();
         let version = self.version;
-        let aliasing = self.aliases.as_ref().is_some_and(|a| a.outgoing_max > 0);
-        let extras =
-            version.is_v5() && (!o.ids.is_empty() || o.msg.expires_at.is_some() || aliasing);
-        if !extras {
-            let _ = o.msg.encode_as(version, d, &mut self.tx);
+        let plain = !version.is_v5()
+            || (ids.is_empty() && msg.expires_at.is_none() && self.aliases.is_none());
+        if plain {
+            let _ = msg.encode_as(version, d, &mut self.tx);
         } else {
-            let mut props: Properties = o.msg.properties.clone();
-            if !o.ids.is_empty() {
-                props.subscription_identifiers = o.ids.to_vec();
-            }
-            if let Some(at) = o.msg.expires_at {
-                props.message_expiry_interval = Some(at.saturating_sub(now));
-            }
-            let mut topic = o.msg.topic.as_bytes();
-            if let Some(a) = self.aliases.as_deref_mut() {
-                if let Some(&alias) = a.outgoing.get(&o.msg.topic) {
-                    props.topic_alias = Some(alias);
-                    topic = &[];
-                } else if a.outgoing.len() < usize::from(a.outgoing_max) {
-                    let alias = a.outgoing.len() as u16 + 1;
-                    // Its own copy: the message's topic may be a view of a read buffer.
-                    let key = TopicName::new_unchecked(Bytes::copy_from_slice(topic));
-                    a.outgoing.insert(key, alias);
-                    props.topic_alias = Some(alias);
-                }
-            }
-            let _ = o.msg.encode_with(version, d, topic, &props, &mut self.tx);
+            self.encode_v5_extras(msg, d, ids, now);
         }
         if self.tx.len() - before > self.client_max_packet as usize {
             self.tx.truncate(before);
@@ -1267,6 +1299,33 @@ impl Session {
             return false;
         }
         true
+    }
+
+    /// The 5.0 delivery with its own property list: subscription identifiers, the remaining
+    /// Message Expiry Interval, and a topic alias when the client allows them.
+    #[inline(never)]
+    fn encode_v5_extras(&mut self, msg: &Message, d: Delivery, ids: &[u32], now: u32) {
+        let mut props: Properties = msg.properties.clone();
+        if !ids.is_empty() {
+            props.subscription_identifiers = ids.to_vec();
+        }
+        if let Some(at) = msg.expires_at {
+            props.message_expiry_interval = Some(at.saturating_sub(now));
+        }
+        let mut topic = msg.topic.as_bytes();
+        if let Some(a) = self.aliases.as_deref_mut().filter(|a| a.outgoing_max > 0) {
+            if let Some(&alias) = a.outgoing.get(&msg.topic) {
+                props.topic_alias = Some(alias);
+                topic = &[];
+            } else if a.outgoing.len() < usize::from(a.outgoing_max) {
+                let alias = a.outgoing.len() as u16 + 1;
+                // Its own copy: the message's topic may be a view of a read buffer.
+                let key = TopicName::new_unchecked(Bytes::copy_from_slice(topic));
+                a.outgoing.insert(key, alias);
+                props.topic_alias = Some(alias);
+            }
+        }
+        let _ = msg.encode_with(self.version, d, topic, &props, &mut self.tx);
     }
 
     fn enqueue(&mut self, o: Outgoing) -> Delivered {
@@ -1297,10 +1356,11 @@ impl Session {
 
     fn send_windowed(&mut self, o: Outgoing, now: u32) -> Delivered {
         let qos2 = o.qos == QoS::ExactlyOnce;
-        let copy = o.clone();
+        let (msg, qos, retain) = (o.msg.clone(), o.qos, o.retain);
+        let ids: SmallVec<[u32; 2]> = SmallVec::from_slice(o.ids());
         match self.out.push(o, qos2) {
             Ok(packet_id) => {
-                if self.encode_out(&copy, false, packet_id, now) {
+                if self.encode_msg(&msg, qos, retain, &ids, false, packet_id, now) {
                     Delivered::Sent
                 } else {
                     // Too large for the client: behave as if it had been delivered
@@ -1353,10 +1413,10 @@ impl Session {
     /// QoS 2 messages already PUBREC'd stay: the client has them.
     pub fn take_shared(&mut self) -> Vec<Outgoing> {
         let mut taken = Vec::new();
-        if self.queue.iter().any(|o| o.share.is_some()) {
+        if self.queue.iter().any(|o| o.share().is_some()) {
             let mut kept = VecDeque::with_capacity(self.queue.len());
             for o in self.queue.drain(..) {
-                if o.share.is_some() {
+                if o.share().is_some() {
                     self.queued_bytes -= o.cost();
                     taken.push(o);
                 } else {
@@ -1370,7 +1430,7 @@ impl Session {
             .replay()
             .filter_map(|(id, state, o)| {
                 let o = o?;
-                (o.share.is_some() && state != OutState::AwaitPubComp)
+                (o.share().is_some() && state != OutState::AwaitPubComp)
                     .then_some((id, o.qos == QoS::ExactlyOnce))
             })
             .collect();

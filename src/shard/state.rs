@@ -22,7 +22,8 @@ use crate::config::Config;
 use crate::index::{LocalIndex, RetainedStore, Routes, SharedRoutes};
 use crate::mesh::{Consumer, Doorbell, Envelope, Producer, Wake};
 use crate::protocol::session::{
-    Ack, Action, AppMessage, Grant, Message, Outgoing, Session, SessionLimits, Subscription,
+    Ack, Action, AppMessage, Grant, Message, Outgoing, Regrant, Session, SessionLimits,
+    Subscription,
 };
 use crate::protocol::{Properties, Publish, QoS, ReasonCode, Str, TopicFilter, TopicName, Will};
 
@@ -798,7 +799,7 @@ impl Shard {
         &mut self,
         msg: Message,
         group: TopicFilter,
-        grant: Option<Grant>,
+        grant: Option<Regrant>,
         mask: u64,
         tried: u64,
     ) {
@@ -844,7 +845,7 @@ impl Shard {
         &mut self,
         msg: Message,
         group: TopicFilter,
-        grant: Option<Grant>,
+        grant: Option<Regrant>,
         tried: u64,
     ) {
         let chosen = self.groups.get_mut(&group).and_then(|g| {
@@ -868,16 +869,24 @@ impl Shard {
             let mask = self.shared.shared_routes.mask(&group);
             return self.send_shared(msg, group, grant, mask, tried | (1u64 << self.id));
         };
-        let grant = grant.unwrap_or_else(|| Grant {
-            qos: sub.options.qos,
-            retain: sub.options.retain_as_published && msg.retain,
-            ids: if sub.id != 0 {
-                SmallVec::from_slice(&[sub.id])
-            } else {
-                SmallVec::new()
+        let grant = match &grant {
+            Some(r) => Grant {
+                qos: r.qos,
+                retain: r.retain,
+                ids: &r.ids,
+                share: Some(&group),
             },
-            share: Some(group),
-        });
+            None => Grant {
+                qos: sub.options.qos,
+                retain: sub.options.retain_as_published && msg.retain,
+                ids: if sub.id != 0 {
+                    core::slice::from_ref(&sub.id)
+                } else {
+                    &[]
+                },
+                share: Some(&group),
+            },
+        };
         let now = self.now;
         if let Some(e) = self.sessions.get_mut(slot as usize) {
             e.session.deliver(&msg, grant, now);
@@ -892,11 +901,11 @@ impl Shard {
     /// groups (another member gets them).
     fn requeue_shared(&mut self, taken: Vec<Outgoing>) {
         for o in taken {
-            let Some(group) = o.share.clone() else {
+            let Some(group) = o.share().cloned() else {
                 continue;
             };
             let mask = self.shared.shared_routes.mask(&group);
-            let grant = o.grant();
+            let grant = o.regrant();
             self.send_shared(o.msg, group, Some(grant), mask, 0);
         }
     }
@@ -929,25 +938,48 @@ impl Shard {
                 i = j;
                 continue;
             };
-            let mut grant: Option<Grant> = None;
-            for (_, sub) in &matches[i..j] {
+            let v5 = e.session.version().is_v5();
+            if j == i + 1 {
+                // One subscription matched (the common case): no merging.
+                let sub = &matches[i].1;
+                i = j;
                 let o = &sub.options;
                 if o.no_local && msg.origin == *e.session.client_id() {
                     continue;
                 }
-                let g = grant.get_or_insert_with(Grant::default);
-                g.qos = g.qos.max(o.qos);
-                g.retain |= o.retain_as_published && msg.retain;
-                if sub.id != 0 {
-                    g.ids.push(sub.id);
+                let grant = Grant {
+                    qos: o.qos,
+                    retain: o.retain_as_published && msg.retain && v5,
+                    ids: if sub.id != 0 {
+                        core::slice::from_ref(&sub.id)
+                    } else {
+                        &[]
+                    },
+                    share: None,
+                };
+                e.session.deliver(msg, grant, now);
+            } else {
+                let mut grant: Option<Grant<'_>> = None;
+                let mut ids: SmallVec<[u32; 2]> = SmallVec::new();
+                for (_, sub) in &matches[i..j] {
+                    let o = &sub.options;
+                    if o.no_local && msg.origin == *e.session.client_id() {
+                        continue;
+                    }
+                    let g = grant.get_or_insert_with(Grant::default);
+                    g.qos = g.qos.max(o.qos);
+                    g.retain |= o.retain_as_published && msg.retain && v5;
+                    if sub.id != 0 {
+                        ids.push(sub.id);
+                    }
                 }
+                i = j;
+                let Some(mut grant) = grant else {
+                    continue;
+                };
+                grant.ids = &ids;
+                e.session.deliver(msg, grant, now);
             }
-            i = j;
-            let Some(mut grant) = grant else {
-                continue;
-            };
-            grant.retain &= e.session.version().is_v5();
-            e.session.deliver(msg, grant, now);
             self.stats.delivered += 1;
             if let Some(c) = &e.conn {
                 c.wake_writer();
@@ -993,10 +1025,10 @@ impl Shard {
                             continue;
                         }
                         let session = &mut e.session;
-                        let ids: SmallVec<[u32; 2]> = if sub.id != 0 {
-                            SmallVec::from_slice(&[sub.id])
+                        let ids: &[u32] = if sub.id != 0 {
+                            core::slice::from_ref(&sub.id)
                         } else {
-                            SmallVec::new()
+                            &[]
                         };
                         self.retained.for_each_match(filter.as_bytes(), |_, m| {
                             if m.is_expired(now) {
@@ -1006,7 +1038,7 @@ impl Shard {
                             let grant = Grant {
                                 qos: sub.options.qos,
                                 retain: true,
-                                ids: ids.clone(),
+                                ids,
                                 share: None,
                             };
                             session.deliver(m, grant, now);

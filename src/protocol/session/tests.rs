@@ -40,7 +40,7 @@ fn session(limits: SessionLimits) -> Session {
     Session::new(Str::from("c"), Arc::new(limits))
 }
 
-fn grant(qos: QoS) -> Grant {
+fn grant(qos: QoS) -> Grant<'static> {
     Grant::qos(qos, false)
 }
 
@@ -325,17 +325,17 @@ fn expiry_subscription_ids_and_maximum_packet_size_per_delivery() {
     let m = Arc::new(m);
     let g = Grant {
         qos: QoS::AtLeastOnce,
-        ids: smallvec::smallvec![5, 7],
+        ids: &[5, 7],
         ..Default::default()
     };
-    assert_eq!(s.deliver(&m, g.clone(), 4), Delivered::Sent);
+    assert_eq!(s.deliver(&m, g, 4), Delivered::Sent);
     let [Packet::Publish(p)] = &sent(&mut s)[..] else {
         panic!()
     };
     assert_eq!(p.properties.message_expiry_interval, Some(6));
     assert_eq!(p.properties.subscription_identifiers, [5, 7]);
     // Expired: dropped, counted.
-    assert_eq!(s.deliver(&m, g.clone(), 10), Delivered::Dropped);
+    assert_eq!(s.deliver(&m, g, 10), Delivered::Dropped);
     assert_eq!(s.drops.expired, 1);
     // Larger than the client's Maximum Packet Size: dropped, and the window is free again.
     let big = Arc::new(AppMessage::new(Publish {
@@ -408,9 +408,10 @@ fn shared_messages_go_back_when_the_member_leaves() {
     let mut s = session(SessionLimits::default());
     s.attach(&connect(Version::V5, true));
     let m = message("t", QoS::AtLeastOnce);
+    let group = TopicFilter::from("$share/g/t");
     let g = Grant {
         qos: QoS::AtLeastOnce,
-        share: Some("$share/g/t".into()),
+        share: Some(&group),
         ..Default::default()
     };
     assert_eq!(s.deliver(&m, g, 0), Delivered::Sent);
