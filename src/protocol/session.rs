@@ -763,9 +763,11 @@ impl Session {
     }
 
     /// Encodes a 5.0 DISCONNECT with `reason` (3.x has no server DISCONNECT: the shard just
-    /// closes). Used for protocol errors, takeover (0x8E), keep alive timeout (0x8D).
+    /// closes). Used for takeover (0x8E), shutdown (0x8B), keep alive timeout (0x8D): the
+    /// Reason String is the reason's name (some clients read the reason code only from a
+    /// DISCONNECT that has properties).
     pub fn disconnect_with(&mut self, reason: ReasonCode) {
-        self.disconnect_because(reason, None);
+        self.disconnect_because(reason, Some(reason.name()));
     }
 
     /// [`disconnect_with`](Self::disconnect_with), with a Reason String when the client asked

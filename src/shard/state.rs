@@ -792,9 +792,10 @@ impl Shard {
         matched
     }
 
-    /// Sends a message for the shared group `group` to one shard of `mask` not in `tried`:
-    /// this one when it holds members, otherwise the next one round-robin. Counted as dropped
-    /// when no shard is left.
+    /// Sends a message for the shared group `group` to one shard of `mask` not in `tried`,
+    /// round-robin over those shards (this one included, delivering locally when chosen), so
+    /// a group spread over shards is balanced across them whichever shard publishes.
+    /// Counted as dropped when no shard is left.
     fn send_shared(
         &mut self,
         msg: Message,
@@ -803,29 +804,26 @@ impl Shard {
         mask: u64,
         tried: u64,
     ) {
-        let left = mask & !tried;
+        let me = 1u64 << self.id;
+        let mut left = mask & !tried;
+        if left & me != 0 && !self.groups.contains_key(&group) {
+            left &= !me;
+        }
         if left == 0 {
             self.stats.shared_dropped += 1;
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let me = 1u64 << self.id;
-        if left & me != 0 && self.groups.contains_key(&group) {
-            return self.deliver_shared(msg, group, grant, tried);
-        }
-        let others = left & !me;
-        if others == 0 {
-            self.stats.shared_dropped += 1;
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let n = others.count_ones() as usize;
+        let n = left.count_ones() as usize;
         self.shared_next = self.shared_next.wrapping_add(1);
-        let mut bits = others;
+        let mut bits = left;
         for _ in 0..self.shared_next % n {
             bits &= bits - 1;
         }
         let dest = bits.trailing_zeros() as usize;
+        if dest == self.id {
+            return self.deliver_shared(msg, group, grant, tried);
+        }
         self.send(
             dest,
             Envelope::Shared {
