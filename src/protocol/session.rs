@@ -462,7 +462,7 @@ pub struct Session {
     client_max_packet: u32,
     will: Option<Will>,
     /// A will whose Will Delay Interval runs while the session is offline.
-    delayed_will: Option<Will>,
+    delayed_will: Option<Box<Will>>,
     subscriptions: AHashMap<TopicFilter, Subscription>,
     out: OutWindow<Outgoing>,
     inbound: InWindow,
@@ -737,7 +737,7 @@ impl Session {
         let will = self.will.take()?;
         let delay = will.properties.will_delay_interval.unwrap_or(0);
         if delay > 0 && self.expiry() > 0 {
-            self.delayed_will = Some(will);
+            self.delayed_will = Some(Box::new(will));
             return None;
         }
         Some(will)
@@ -754,7 +754,7 @@ impl Session {
 
     /// Takes the delayed will (its delay ran out, or the session ended).
     pub fn take_delayed_will(&mut self) -> Option<Will> {
-        self.delayed_will.take()
+        self.delayed_will.take().map(|w| *w)
     }
 
     /// Encodes any packet for the client (AUTH during re-authentication).

@@ -420,3 +420,12 @@ fn shared_messages_go_back_when_the_member_leaves() {
     assert_eq!(taken.len(), 1);
     assert_eq!(s.inflight(), 1, "the plain subscription's message stays");
 }
+
+#[test]
+fn a_session_stays_small() {
+    // Every idle connection has one: the rarer 5.0 state (aliases, a delayed will, delivery
+    // extras) is boxed.
+    let size = std::mem::size_of::<Session>();
+    assert!(size <= 448, "Session is {size} bytes");
+    assert!(std::mem::size_of::<Outgoing>() <= 24);
+}
