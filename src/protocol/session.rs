@@ -704,7 +704,6 @@ impl Session {
             }
         }
         let _ = Packet::ConnAck(ack).encode(self.version, &mut self.tx);
-        let version = self.version;
         let replay: Vec<(u16, OutState, Option<Outgoing>)> = self
             .out
             .replay()
@@ -713,7 +712,7 @@ impl Session {
         for (id, state, o) in replay {
             match (state, o) {
                 (OutState::AwaitPubComp, _) => {
-                    let _ = Packet::PubRel(PubAck::new(id)).encode(version, &mut self.tx);
+                    self.encode_id_only(0x62, id);
                 }
                 (_, Some(o)) => {
                     self.encode_out(&o, true, id, now);
@@ -781,8 +780,26 @@ impl Session {
             if let Some(why) = why.filter(|_| self.problem_info) {
                 d.properties.reason_string = Some(Str::from(why));
             }
-            let _ = Packet::Disconnect(d).encode(self.version, &mut self.tx);
+            let mut p = Packet::Disconnect(d);
+            self.encode_within_limit(&mut p);
         }
+    }
+
+    /// Encodes a DISCONNECT or SUBACK, leaving out its Reason String when the packet would
+    /// exceed the client's Maximum Packet Size [MQTT-3.2.2-19].
+    fn encode_within_limit(&mut self, p: &mut Packet) {
+        let before = self.tx.len();
+        let _ = p.encode(self.version, &mut self.tx);
+        if self.tx.len() - before <= self.client_max_packet as usize {
+            return;
+        }
+        self.tx.truncate(before);
+        match p {
+            Packet::Disconnect(d) => d.properties.reason_string = None,
+            Packet::SubAck(a) => a.properties.reason_string = None,
+            _ => {}
+        }
+        let _ = p.encode(self.version, &mut self.tx);
     }
 
     /// Handles one packet from the connected client at broker second `now`. `Err` is a
@@ -811,8 +828,7 @@ impl Session {
                 };
                 match outcome {
                     AckOutcome::SendPubRel(_) | AckOutcome::ResendPubRel => {
-                        let _ =
-                            Packet::PubRel(PubAck::new(a.packet_id)).encode(version, &mut self.tx);
+                        self.encode_id_only(0x62, a.packet_id);
                     }
                     AckOutcome::Completed(_) => self.pump(now),
                     AckOutcome::Unknown if version.is_v5() && !failed => {
@@ -829,11 +845,13 @@ impl Session {
                 }
             }
             Packet::PubRel(a) => {
-                let mut comp = PubAck::new(a.packet_id);
-                if !self.inbound.pubrel(a.packet_id) && version.is_v5() {
+                if self.inbound.pubrel(a.packet_id) || !version.is_v5() {
+                    self.encode_id_only(0x70, a.packet_id);
+                } else {
+                    let mut comp = PubAck::new(a.packet_id);
                     comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                    let _ = Packet::PubComp(comp).encode(version, &mut self.tx);
                 }
-                let _ = Packet::PubComp(comp).encode(version, &mut self.tx);
             }
             Packet::Subscribe(s) => {
                 let id = s.properties.subscription_identifiers.first().copied();
@@ -1052,7 +1070,7 @@ impl Session {
                     ack: Ack::PubRec(id),
                 }),
                 IncomingQos2::Duplicate => {
-                    let _ = Packet::PubRec(PubAck::new(id)).encode(version, &mut self.tx);
+                    self.encode_id_only(0x50, id);
                 }
                 IncomingQos2::Exceeded => {
                     return Err(Error::with_reason(
@@ -1077,17 +1095,27 @@ impl Session {
         self.encode_ack(ack, reason);
     }
 
+    /// A successful PUBACK / PUBREC / PUBREL / PUBCOMP (`byte0` 0x40 / 0x50 / 0x62 / 0x70):
+    /// type, length 2, packet identifier, in every version (a 5.0 success with no
+    /// properties omits the reason code, §3.4.2.1). The common case, written directly.
+    #[inline]
+    fn encode_id_only(&mut self, byte0: u8, id: u16) {
+        let [hi, lo] = id.to_be_bytes();
+        self.tx.extend_from_slice(&[byte0, 2, hi, lo]);
+    }
+
     fn encode_ack(&mut self, ack: Ack, reason: ReasonCode) {
-        let (id, rec) = match ack {
+        let (id, byte0) = match ack {
             Ack::None => return,
-            Ack::PubAck(id) => (id, false),
-            Ack::PubRec(id) => (id, true),
+            Ack::PubAck(id) => (id, 0x40),
+            Ack::PubRec(id) => (id, 0x50),
         };
-        let mut a = PubAck::new(id);
-        if self.version.is_v5() {
-            a.reason = reason;
+        if reason == ReasonCode::SUCCESS || !self.version.is_v5() {
+            return self.encode_id_only(byte0, id);
         }
-        let p = if rec {
+        let mut a = PubAck::new(id);
+        a.reason = reason;
+        let p = if byte0 == 0x50 {
             Packet::PubRec(a)
         } else {
             Packet::PubAck(a)
@@ -1185,7 +1213,7 @@ impl Session {
         if let Some(why) = self.suback_why.take().filter(|_| self.problem_info) {
             ack.properties.reason_string = Some(Str::from(why));
         }
-        let _ = Packet::SubAck(ack).encode(self.version, &mut self.tx);
+        self.encode_within_limit(&mut Packet::SubAck(ack));
     }
 
     /// Whether retained messages go to the client for this subscription: always in 3.x (a

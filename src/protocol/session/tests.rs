@@ -429,3 +429,23 @@ fn a_session_stays_small() {
     assert!(size <= 448, "Session is {size} bytes");
     assert!(std::mem::size_of::<Outgoing>() <= 24);
 }
+
+#[test]
+fn reason_strings_give_way_to_the_clients_maximum_packet_size() {
+    for (max, with_string) in [(u32::MAX, true), (8, false)] {
+        let mut s = session(SessionLimits::default());
+        s.attach(&v5_connect(|c| {
+            c.properties.maximum_packet_size = Some(max)
+        }));
+        s.disconnect_with(ReasonCode::SESSION_TAKEN_OVER);
+        let [Packet::Disconnect(d)] = &sent(&mut s)[..] else {
+            panic!()
+        };
+        assert_eq!(d.reason, ReasonCode::SESSION_TAKEN_OVER);
+        assert_eq!(
+            d.properties.reason_string.is_some(),
+            with_string,
+            "max {max}"
+        );
+    }
+}
