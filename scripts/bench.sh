@@ -43,7 +43,8 @@ results=$out/results.jsonl
 # Broker name -> start command ({port} is replaced).
 declare -A start
 order=(shardmq)
-start[shardmq]="$bin --listen 127.0.0.1:{port} --shards $shards --log-level warn"
+# A fresh data directory per run, like the fresh process.
+start[shardmq]="$bin --listen 127.0.0.1:{port} --shards $shards --log-level warn --data-dir $work/shardmq-data-{port}"
 if command -v mosquitto >/dev/null; then
   printf 'listener @PORT@ 127.0.0.1\nallow_anonymous true\n' > "$work/mosquitto.conf.in"
   order+=(mosquitto)

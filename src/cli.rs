@@ -34,6 +34,14 @@ pub struct Cli {
     #[arg(long)]
     pub no_pin: bool,
 
+    /// Keep nothing on disk: a pure in-memory broker (persistence.enabled = false).
+    #[arg(long)]
+    pub no_persistence: bool,
+
+    /// Directory of the embedded store (persistence.data_dir).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
     /// I/O driver: auto tries io_uring and falls back to epoll.
     #[arg(long, value_enum, value_name = "DRIVER")]
     pub io_driver: Option<IoDriver>,
@@ -97,6 +105,12 @@ impl Cli {
         }
         if self.no_pin {
             config.pin = false;
+        }
+        if self.no_persistence {
+            config.persistence.enabled = false;
+        }
+        if let Some(d) = &self.data_dir {
+            config.persistence.data_dir = d.clone();
         }
         if let Some(d) = self.io_driver {
             config.io_driver = d;

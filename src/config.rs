@@ -31,6 +31,8 @@ pub struct Config {
     pub mqtt: Mqtt,
     /// Authentication.
     pub auth: Auth,
+    /// Persistence of retained messages (and, later, sessions) across restarts.
+    pub persistence: Persistence,
     /// Every bound the broker enforces.
     pub limits: Limits,
 }
@@ -47,9 +49,47 @@ impl Default for Config {
             queue_qos0_offline: false,
             mqtt: Mqtt::default(),
             auth: Auth::default(),
+            persistence: Persistence::default(),
             limits: Limits::default(),
         }
     }
+}
+
+/// Persistence settings: the embedded store (see `crate::store`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Persistence {
+    /// Keep retained messages in the embedded store (false: a pure in-memory broker).
+    pub enabled: bool,
+    /// Where the store lives.
+    pub data_dir: std::path::PathBuf,
+    /// `relaxed`: every write reaches the OS at once (survives `kill -9`) and is fsynced
+    /// within `commit_interval_ms` (a power loss may lose that much). `sync` (acknowledge
+    /// QoS ≥ 1 only once committed) is not built yet.
+    pub durability: Durability,
+    /// Milliseconds between fsyncs.
+    pub commit_interval_ms: u16,
+}
+
+impl Default for Persistence {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            data_dir: "shardmq-data".into(),
+            durability: Durability::Relaxed,
+            commit_interval_ms: 100,
+        }
+    }
+}
+
+/// How durable a write must be before the broker moves on.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Written to the OS at once, fsynced on an interval.
+    Relaxed,
+    /// Committed and fsynced before a QoS ≥ 1 PUBLISH is acknowledged (not built yet).
+    Sync,
 }
 
 /// Authentication settings.
@@ -156,6 +196,9 @@ pub struct Limits {
     /// Largest Session Expiry Interval granted, seconds (4294967295 = never expire). Also the
     /// lifetime of a 3.1 / 3.1.1 persistent session after its client disconnects.
     pub max_session_expiry_secs: u32,
+    /// Writes waiting for the store thread (per broker); past it each shard holds them
+    /// back in a backlog of the same size, and drops the oldest beyond (counted, logged).
+    pub store_queue: usize,
 }
 
 impl Default for Limits {
@@ -179,6 +222,7 @@ impl Default for Limits {
             receive_maximum: 1024,
             max_topic_aliases: 64,
             max_session_expiry_secs: u32::MAX,
+            store_queue: 65_536,
         }
     }
 }
@@ -265,6 +309,15 @@ impl Config {
                 "limits.receive_maximum: must be at least 1 (MQTT 5.0 Receive Maximum cannot be 0)"
                     .into(),
             );
+        }
+        if self.persistence.durability == Durability::Sync {
+            return Err("persistence.durability: \"sync\" (acknowledge only after commit) is not built yet; use \"relaxed\"".into());
+        }
+        if self.persistence.commit_interval_ms == 0 {
+            return Err("persistence.commit_interval_ms: must be at least 1".into());
+        }
+        if l.store_queue == 0 {
+            return Err("limits.store_queue: must be at least 1".into());
         }
         if self.mqtt.maximum_qos > 2 {
             return Err("mqtt.maximum_qos: must be 0, 1 or 2".into());

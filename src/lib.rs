@@ -13,6 +13,7 @@
 //! - [`mesh`]: the lock-free SPSC rings between shards (one per ordered pair, batched
 //!   publishes) and the doorbell that wakes a parked shard once per idle → busy transition.
 //! - [`auth`]: MQTT 5.0 enhanced authentication (AUTH exchanges) and built-in SCRAM-SHA-256.
+//! - [`store`]: persistence in an embedded LSM store (fjall) on its own thread.
 //! - [`bench`]: the load generator behind `shardmq bench`, built on the same codec.
 //!
 //! Later layers (shards, mesh rings, routes, transports, store, cluster) build on it.
@@ -27,6 +28,7 @@ pub mod index;
 pub mod mesh;
 pub mod protocol;
 pub mod shard;
+pub mod store;
 
 /// The README's examples are compiled and run as doctests.
 #[doc = include_str!("../README.md")]

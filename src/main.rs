@@ -115,6 +115,13 @@ mod signals {
 
 /// Logs to stderr with the configured filter (`RUST_LOG` overrides it).
 fn init_logging(level: &str) {
+    // The store's own start-up chatter (fjall, lsm-tree) only at warn unless asked for.
+    let level = if level.contains("fjall") || level.contains("lsm_tree") {
+        level.to_string()
+    } else {
+        format!("{level},fjall=warn,lsm_tree=warn")
+    };
+    let level = level.as_str();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|e| fail(&format!("log_level {level:?}: {e}")));

@@ -34,6 +34,8 @@ use crate::index::routes::MAX_SHARDS;
 use crate::index::{Routes, SharedRoutes};
 use crate::mesh::{Consumer, Doorbell, Envelope, Park, Producer, Wake, channel};
 use crate::protocol::ReasonCode;
+use crate::protocol::session::Message;
+use crate::store::{Store, StoreOptions, unix_now};
 
 /// Envelopes drained from one inbound ring per pump turn.
 const PUMP_BATCH: usize = 256;
@@ -49,25 +51,34 @@ pub struct Broker {
     pub threads: Vec<JoinHandle<()>>,
     /// Broker-wide shared state.
     pub shared: Arc<Shared>,
+    /// The store and its thread, when persistence is on.
+    pub store: Option<(Store, JoinHandle<()>)>,
 }
 
 impl Broker {
     /// Graceful shutdown: stops accepting, has every shard send DISCONNECT 0x8B (Server
-    /// shutting down) to its 5.0 clients and close every connection, then waits up to
-    /// `grace` for the connections to finish writing. Returns the connections still open.
+    /// shutting down) to its 5.0 clients and close every connection, waits up to `grace` for
+    /// the connections to finish writing, then flushes the store. Returns the connections
+    /// still open.
     pub fn shutdown(&self, grace: Duration) -> usize {
         self.shared.shutdown.store(true, Ordering::Release);
         for bell in &self.shared.doorbells {
             bell.waker().wake();
         }
         let deadline = Instant::now() + grace;
-        loop {
+        let open = loop {
             let open = self.shared.connections.load(Ordering::Acquire);
             if open == 0 || Instant::now() >= deadline {
-                return open;
+                break open;
             }
             std::thread::sleep(Duration::from_millis(10));
+        };
+        if let Some((store, _)) = &self.store {
+            if !store.sync(Duration::from_secs(5)) {
+                tracing::warn!("store: the final flush did not finish within 5 s");
+            }
         }
+        open
     }
 }
 
@@ -102,6 +113,41 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
         ));
     }
 
+    // Recover the store before binding: clients are accepted only once everything is back.
+    let start = Instant::now();
+    let start_unix = unix_now();
+    let (store, seed) = if config.persistence.enabled {
+        let options = StoreOptions {
+            dir: config.persistence.data_dir.clone(),
+            commit_interval_ms: config.persistence.commit_interval_ms,
+            queue: config.limits.store_queue,
+        };
+        let (store, rec, thread) = Store::open(&options)?;
+        tracing::info!(
+            "store {}: recovered {} retained messages in {} ms ({} expired while down, {} unreadable)",
+            options.dir.display(),
+            rec.retained.len(),
+            rec.took.as_millis(),
+            rec.expired,
+            rec.unreadable
+        );
+        let seed: Vec<Message> = rec
+            .retained
+            .into_iter()
+            .map(|(mut m, at)| {
+                // Deadlines are kept in Unix seconds; the broker's clock starts at 0 now.
+                m.expires_at =
+                    at.map(|at| at.saturating_sub(start_unix).min(u64::from(u32::MAX)) as u32);
+                Arc::new(m)
+            })
+            .collect();
+        (Some((store, thread)), seed)
+    } else {
+        tracing::info!("persistence off: nothing is kept across restarts");
+        (None, Vec::new())
+    };
+    let seed = Arc::new(seed);
+
     let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     for addr in &config.listen {
@@ -129,7 +175,9 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
     let shared = Arc::new(Shared {
         routes: Routes::new(),
         shared_routes: SharedRoutes::new(),
-        start: Instant::now(),
+        start,
+        start_unix,
+        store: store.as_ref().map(|(s, _)| s.clone()),
         doorbells: (0..n)
             .map(|_| Doorbell::new(ShardWaker::default()))
             .collect(),
@@ -147,6 +195,7 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
     for (i, ((out, inbound), listeners)) in outs.into_iter().zip(ins).zip(per_shard).enumerate() {
         let core = cores[i];
         let shared = shared.clone();
+        let seed = seed.clone();
         let ready = ready_tx.clone();
         let spawned = spawn_pinned(i, pin.then_some(core), move |pinned| {
             let ready2 = ready.clone();
@@ -163,7 +212,7 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
                         .unwrap_or_default();
                     let _ = ready2.send(Ok(format!("shard {i}: {d}{fallback}, {pin_note}")));
                 },
-                move |_| shard_main(i, shared, out, inbound, listeners),
+                move |_| shard_main(i, shared, out, inbound, listeners, seed),
             );
             if let Err(e) = res {
                 let _ = ready.send(Err(format!(
@@ -189,6 +238,7 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
         addrs,
         threads,
         shared,
+        store,
     })
 }
 
@@ -198,8 +248,12 @@ async fn shard_main(
     out: Vec<Option<Producer<Envelope>>>,
     inbound: Vec<Consumer<Envelope>>,
     listeners: Vec<std::net::TcpListener>,
+    seed: Arc<Vec<Message>>,
 ) {
-    let shard = Rc::new(RefCell::new(Shard::new(id, shared.clone(), out, inbound)));
+    let mut state = Shard::new(id, shared.clone(), out, inbound);
+    state.seed_retained(&seed);
+    drop(seed);
+    let shard = Rc::new(RefCell::new(state));
     for l in listeners {
         match monoio::net::TcpListener::from_std(l) {
             Ok(l) => {

@@ -19,7 +19,7 @@ use smallvec::SmallVec;
 use super::conn::{ConnShared, Filed};
 use super::wheel::Wheel;
 use crate::config::Config;
-use crate::index::{LocalIndex, RetainedStore, Routes, SharedRoutes};
+use crate::index::{LocalIndex, RetainedStore, Routes, SetOutcome, SharedRoutes};
 use crate::mesh::{Consumer, Doorbell, Envelope, Producer, Wake};
 use crate::protocol::session::{
     Ack, Action, AppMessage, Grant, Message, Outgoing, Regrant, Session, SessionLimits,
@@ -69,6 +69,10 @@ pub struct Shared {
     pub dropped: AtomicU64,
     /// MQTT 5.0 enhanced-authentication methods, by name.
     pub authenticators: Arc<crate::auth::Authenticators>,
+    /// Unix time at `start` (converts message deadlines for the store).
+    pub start_unix: u64,
+    /// The embedded store, when persistence is on.
+    pub store: Option<crate::store::Store>,
     /// Set once by [`run::Broker::shutdown`](super::run::Broker::shutdown): every shard
     /// tells its clients and closes them.
     pub shutdown: AtomicBool,
@@ -85,6 +89,8 @@ pub struct Stats {
     pub ring_dropped: u64,
     /// Shared-subscription messages that found no member on any shard.
     pub shared_dropped: u64,
+    /// Store writes dropped because the store and this shard's backlog were full.
+    pub store_dropped: u64,
     /// Sessions ended by their Session Expiry Interval.
     pub sessions_expired: u64,
 }
@@ -145,6 +151,8 @@ pub struct Shard {
     timers: BinaryHeap<Reverse<(u32, u64, usize, Timer)>>,
     /// Round-robin position for groups on other shards.
     shared_next: usize,
+    /// Store writes its channel had no room for, retried on every flush.
+    store_backlog: VecDeque<crate::store::PendingWrite>,
     retained: RetainedStore<Message>,
     /// Sessions on this shard.
     pub sessions: Slab<Entry>,
@@ -221,6 +229,7 @@ impl Shard {
             groups: AHashMap::new(),
             timers: BinaryHeap::new(),
             shared_next: 0,
+            store_backlog: VecDeque::new(),
             sessions: Slab::new(),
             by_id: AHashMap::new(),
             directory: AHashMap::new(),
@@ -295,8 +304,12 @@ impl Shard {
         self.overflow_len > 0
     }
 
-    /// Publishes every staged batch with one store per ring and rings the doorbells.
+    /// Publishes every staged batch with one store per ring and rings the doorbells (and
+    /// retries store writes that found its channel full).
     pub fn flush(&mut self) {
+        if !self.store_backlog.is_empty() {
+            self.retry_store();
+        }
         // Retry overflow first, in order.
         if self.overflow_len > 0 {
             for dest in 0..self.count {
@@ -369,7 +382,9 @@ impl Shard {
                 grant,
                 tried,
             } => self.deliver_shared(msg, group, grant, tried),
-            Envelope::Retain(m) => self.set_retained(m),
+            Envelope::Retain(m) => {
+                self.set_retained(m);
+            }
             Envelope::Claim {
                 client_id,
                 shard,
@@ -766,7 +781,13 @@ impl Shard {
                     self.send(d, Envelope::Retain(msg.clone()));
                 }
             }
-            self.set_retained(msg.clone());
+            match self.set_retained(msg.clone()) {
+                SetOutcome::Stored | SetOutcome::Replaced => {
+                    self.store_retained(msg.topic.as_bytes(), Some(&msg));
+                }
+                SetOutcome::Deleted => self.store_retained(msg.topic.as_bytes(), None),
+                SetOutcome::NotFound | SetOutcome::Refused => {}
+            }
         }
         let mask = self.shared.routes.lookup(msg.topic.as_bytes());
         let mut others = mask & !(1u64 << self.id);
@@ -908,10 +929,64 @@ impl Shard {
         }
     }
 
-    fn set_retained(&mut self, msg: Message) {
+    fn set_retained(&mut self, msg: Message) -> SetOutcome {
         let topic = msg.topic.clone();
         let value = (!msg.payload.is_empty()).then_some(msg);
-        self.retained.set(topic.as_bytes(), value);
+        self.retained.set(topic.as_bytes(), value)
+    }
+
+    /// Fills this shard's retained replica with what the store recovered at start-up.
+    pub fn seed_retained(&mut self, messages: &[Message]) {
+        for m in messages {
+            self.set_retained(m.clone());
+        }
+    }
+
+    /// Writes a retained message (or its deletion) to the store; the publishing shard does
+    /// this once, the replicas do not.
+    fn store_retained(&mut self, topic: &[u8], msg: Option<&Message>) {
+        let shared = self.shared.clone();
+        let Some(store) = &shared.store else {
+            return;
+        };
+        let value = msg.map(|m| {
+            let unix = m.expires_at.map(|at| shared.start_unix + u64::from(at));
+            crate::store::codec::encode_message(m, unix)
+        });
+        if !self.store_backlog.is_empty() {
+            self.retry_store();
+        }
+        // Behind a backlog, a write waits its turn (a later set must not overtake it).
+        let write = if self.store_backlog.is_empty() {
+            store.set_retained(topic, value)
+        } else {
+            Err(store.pending_retained(topic, value))
+        };
+        if let Err(w) = write {
+            self.store_backlog.push_back(w);
+            if self.store_backlog.len() > shared.config.limits.store_queue {
+                self.store_backlog.pop_front();
+                self.stats.store_dropped += 1;
+                tracing::warn!(
+                    shard = self.id,
+                    "store backlog full: a retained-message write was dropped"
+                );
+            }
+        }
+    }
+
+    /// Hands the store what its channel had no room for before, in order.
+    fn retry_store(&mut self) {
+        let Some(store) = &self.shared.store else {
+            self.store_backlog.clear();
+            return;
+        };
+        while let Some(w) = self.store_backlog.pop_front() {
+            if let Err(w) = store.retry(w) {
+                self.store_backlog.push_front(w);
+                return;
+            }
+        }
     }
 
     /// Delivers a message to this shard's matching sessions, once per session with the
@@ -1044,6 +1119,7 @@ impl Shard {
                     }
                     for topic in expired {
                         self.retained.set(topic.as_bytes(), None);
+                        self.store_retained(topic.as_bytes(), None);
                     }
                     self.subscribed = subscribed;
                 }

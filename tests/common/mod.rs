@@ -24,12 +24,33 @@ pub struct Broker {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: mpsc::Receiver<String>,
+    /// A data directory made for this broker alone, removed on drop.
+    own_data_dir: Option<std::path::PathBuf>,
+}
+
+/// A fresh, empty directory under the system's temp dir, unique to this process and call.
+pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("shardmq-{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }
 
 impl Broker {
-    /// Starts `shardmq --listen 127.0.0.1:0 --shards N --no-pin` plus `extra` flags.
+    /// Starts `shardmq --listen 127.0.0.1:0 --shards N --no-pin` plus `extra` flags, with a
+    /// data directory of its own unless `extra` names one (or turns persistence off).
     pub fn start(shards: usize, extra: &[&str]) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        let own_data_dir = (!extra
+            .iter()
+            .any(|a| *a == "--data-dir" || *a == "--no-persistence"))
+        .then(|| temp_dir("data"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardmq"));
+        if let Some(d) = &own_data_dir {
+            cmd.arg("--data-dir").arg(d);
+        }
+        let mut child = cmd
             .args(["--listen", "127.0.0.1:0", "--no-pin", "--log-level", "info"])
             .args(["--shards", &shards.to_string()])
             .args(extra)
@@ -53,6 +74,7 @@ impl Broker {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log: rx,
+            own_data_dir,
         };
         let deadline = Instant::now() + WAIT;
         loop {
@@ -93,6 +115,9 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(d) = &self.own_data_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
