@@ -20,7 +20,7 @@
 //!
 //! Built on the connecting or publishing shard, consumed on the receiving shard.
 
-use crate::protocol::session::{Message, Regrant, Session};
+use crate::protocol::session::{Message, Session};
 use crate::protocol::{Str, TopicFilter};
 
 /// One message between shards.
@@ -35,9 +35,6 @@ pub enum Envelope {
         msg: Message,
         /// The group key.
         group: TopicFilter,
-        /// The grant it had with a member that left without acknowledging it (redelivery),
-        /// or `None` for a new publish.
-        grant: Option<Regrant>,
         /// Shards that already found no member (a member may leave while the message
         /// travels): the receiver passes it on to a shard not in this mask.
         tried: u64,

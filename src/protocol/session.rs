@@ -199,18 +199,6 @@ impl Grant<'static> {
     }
 }
 
-/// The grant of a shared-subscription message given back to its group by a member that
-/// left: the next member gets it as the first one did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Regrant {
-    /// QoS of the delivery.
-    pub qos: QoS,
-    /// RETAIN as delivered.
-    pub retain: bool,
-    /// Subscription Identifiers attached.
-    pub ids: SmallVec<[u32; 2]>,
-}
-
 /// What the shard must do after [`Session::handle`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -340,15 +328,6 @@ impl Outgoing {
     pub fn share(&self) -> Option<&TopicFilter> {
         self.extra.as_deref().and_then(|e| e.share.as_ref())
     }
-
-    /// The grant this message was delivered with (to give it to another group member).
-    pub fn regrant(&self) -> Regrant {
-        Regrant {
-            qos: self.qos,
-            retain: self.retain,
-            ids: SmallVec::from_slice(self.ids()),
-        }
-    }
 }
 
 /// Topic aliases of one 5.0 connection, both directions (allocated only when used).
@@ -361,6 +340,10 @@ struct Aliases {
     /// The client's Topic Alias Maximum.
     outgoing_max: u16,
 }
+
+/// Longest topic the broker gives a topic alias towards a client: each alias keeps a copy of
+/// its topic, so this bounds the alias table at `max_topic_aliases` × this many bytes.
+const MAX_ALIASED_TOPIC: usize = 256;
 
 /// A SUBSCRIBE entry refused: the SUBACK code and, for the Reason String, why.
 type Refusal = (ReasonCode, &'static str);
@@ -471,6 +454,8 @@ pub struct Session {
     aliases: Option<Box<Aliases>>,
     /// The Reason String for the SUBACK being built (the first refused filter's).
     suback_why: Option<&'static str>,
+    /// Window entries still to be resent after a reconnect (over the Receive Maximum).
+    replay_pending: VecDeque<u16>,
     tx: BytesMut,
     limits: Arc<SessionLimits>,
     /// What this session dropped so far.
@@ -501,6 +486,7 @@ impl Session {
             queued_bytes: 0,
             aliases: None,
             suback_why: None,
+            replay_pending: VecDeque::new(),
             tx: BytesMut::new(),
             limits,
             drops: DropCounts::default(),
@@ -709,18 +695,62 @@ impl Session {
             .replay()
             .map(|(id, state, o)| (id, state, o.cloned()))
             .collect();
+        // The client's (new) Receive Maximum bounds the replay too [MQTT-3.3.4-7]: what is
+        // over it is resent as acknowledgements free room (`pump`).
+        let cap = usize::from(self.out.capacity());
+        let mut sent = 0;
+        self.replay_pending.clear();
         for (id, state, o) in replay {
             match (state, o) {
                 (OutState::AwaitPubComp, _) => {
                     self.encode_id_only(0x62, id);
+                    sent += 1;
                 }
+                (_, Some(_)) if sent >= cap => self.replay_pending.push_back(id),
                 (_, Some(o)) => {
-                    self.encode_out(&o, true, id, now);
+                    if self.encode_out(&o, true, id, now) {
+                        sent += 1;
+                    } else {
+                        self.complete_unsendable(id, state);
+                    }
                 }
                 (_, None) => {}
             }
         }
         self.pump(now);
+    }
+
+    /// A message in the window that can no longer be sent (too large for the client's new
+    /// Maximum Packet Size): complete it as if delivered [MQTT-3.1.2-25].
+    fn complete_unsendable(&mut self, id: u16, state: OutState) {
+        if state == OutState::AwaitPubRec {
+            self.out.pubrec_failed(id);
+        } else {
+            self.out.puback(id);
+        }
+    }
+
+    /// Resends window entries a reconnect could not replay at once (they were over the
+    /// client's Receive Maximum), while fewer than Receive Maximum are outstanding.
+    fn replay_more(&mut self, now: u32) {
+        let cap = usize::from(self.out.capacity());
+        while let Some(&id) = self.replay_pending.front() {
+            // Saturating: the client may acknowledge an id it got before the reconnect.
+            if self.out.len().saturating_sub(self.replay_pending.len()) >= cap {
+                return;
+            }
+            self.replay_pending.pop_front();
+            let entry = self
+                .out
+                .replay()
+                .find(|(i, _, _)| *i == id)
+                .and_then(|(_, state, o)| Some((state, o?.clone())));
+            if let Some((state, o)) = entry {
+                if !self.encode_out(&o, true, id, now) {
+                    self.complete_unsendable(id, state);
+                }
+            }
+        }
     }
 
     /// Detaches the connection. Returns the will to publish now, if the session still holds
@@ -733,6 +763,7 @@ impl Session {
         self.connected = false;
         self.tx = BytesMut::new();
         self.aliases = None;
+        self.replay_pending.clear();
         let will = self.will.take()?;
         let delay = will.properties.will_delay_interval.unwrap_or(0);
         if delay > 0 && self.expiry() > 0 {
@@ -854,6 +885,17 @@ impl Session {
                 }
             }
             Packet::Subscribe(s) => {
+                // Checked for the whole packet first, so a violation leaves no filter half
+                // applied.
+                if s.filters
+                    .iter()
+                    .any(|(f, o)| o.no_local && f.shared().is_some())
+                {
+                    return Err(Error::protocol(
+                        "MQTT-3.8.3-4",
+                        "No Local set on a shared subscription",
+                    ));
+                }
                 let id = s.properties.subscription_identifiers.first().copied();
                 let mut reasons = Vec::with_capacity(s.filters.len());
                 let mut why = None;
@@ -1320,42 +1362,72 @@ impl Session {
             || (ids.is_empty() && msg.expires_at.is_none() && self.aliases.is_none());
         if plain {
             let _ = msg.encode_as(version, d, &mut self.tx);
-        } else {
-            self.encode_v5_extras(msg, d, ids, now);
+            if self.tx.len() - before > self.client_max_packet as usize {
+                self.tx.truncate(before);
+                self.drops.too_large += 1;
+                return false;
+            }
+            return true;
         }
-        if self.tx.len() - before > self.client_max_packet as usize {
-            self.tx.truncate(before);
+        let fits = self.encode_v5_extras(msg, d, ids, now);
+        if !fits {
             self.drops.too_large += 1;
-            return false;
         }
-        true
+        fits
     }
 
     /// The 5.0 delivery with its own property list: subscription identifiers, the remaining
-    /// Message Expiry Interval, and a topic alias when the client allows them.
+    /// Message Expiry Interval, and a topic alias when the client allows them. A topic gets
+    /// an alias only once a frame carrying it fits the client's Maximum Packet Size, so the
+    /// client has learned every alias it is sent. Returns false, encoding nothing, when the
+    /// frame does not fit even without a new alias.
     #[inline(never)]
-    fn encode_v5_extras(&mut self, msg: &Message, d: Delivery, ids: &[u32], now: u32) {
+    fn encode_v5_extras(&mut self, msg: &Message, d: Delivery, ids: &[u32], now: u32) -> bool {
         let mut props: Properties = msg.properties.clone();
         if !ids.is_empty() {
             props.subscription_identifiers = ids.to_vec();
         }
         if let Some(at) = msg.expires_at {
-            props.message_expiry_interval = Some(at.saturating_sub(now));
+            // Onward delivery has started: at least 1 s (0 reads as "already expired").
+            props.message_expiry_interval = Some(at.saturating_sub(now).max(1));
         }
+        let max = self.client_max_packet as usize;
+        let before = self.tx.len();
         let mut topic = msg.topic.as_bytes();
-        if let Some(a) = self.aliases.as_deref_mut().filter(|a| a.outgoing_max > 0) {
+        let mut new_alias = None;
+        if let Some(a) = self.aliases.as_deref().filter(|a| a.outgoing_max > 0) {
             if let Some(&alias) = a.outgoing.get(&msg.topic) {
                 props.topic_alias = Some(alias);
                 topic = &[];
-            } else if a.outgoing.len() < usize::from(a.outgoing_max) {
+            } else if a.outgoing.len() < usize::from(a.outgoing_max)
+                && topic.len() <= MAX_ALIASED_TOPIC
+            {
                 let alias = a.outgoing.len() as u16 + 1;
-                // Its own copy: the message's topic may be a view of a read buffer.
-                let key = TopicName::new_unchecked(Bytes::copy_from_slice(topic));
-                a.outgoing.insert(key, alias);
                 props.topic_alias = Some(alias);
+                new_alias = Some(alias);
             }
         }
         let _ = msg.encode_with(self.version, d, topic, &props, &mut self.tx);
+        if self.tx.len() - before > max {
+            self.tx.truncate(before);
+            if new_alias.is_none() {
+                return false;
+            }
+            // Without the alias it may still fit; the topic then stays unaliased for now.
+            props.topic_alias = None;
+            new_alias = None;
+            let _ = msg.encode_with(self.version, d, topic, &props, &mut self.tx);
+            if self.tx.len() - before > max {
+                self.tx.truncate(before);
+                return false;
+            }
+        }
+        if let (Some(alias), Some(a)) = (new_alias, self.aliases.as_deref_mut()) {
+            // Its own copy: the message's topic may be a view of a read buffer.
+            let key = TopicName::new_unchecked(Bytes::copy_from_slice(msg.topic.as_bytes()));
+            a.outgoing.insert(key, alias);
+        }
+        true
     }
 
     fn enqueue(&mut self, o: Outgoing) -> Delivered {
@@ -1415,6 +1487,9 @@ impl Session {
     /// Moves queued messages into the window (and QoS 0 ones straight out) while the client
     /// is connected and the window has room; expired ones are dropped on the way.
     fn pump(&mut self, now: u32) {
+        if !self.replay_pending.is_empty() && self.connected {
+            self.replay_more(now);
+        }
         while self.connected {
             let Some(front) = self.queue.front() else {
                 return;
@@ -1440,8 +1515,11 @@ impl Session {
 
     /// Takes every queued and unacknowledged message that was chosen for a shared
     /// subscription (the session is leaving: they go to other members of their groups).
-    /// QoS 2 messages already PUBREC'd stay: the client has them.
-    pub fn take_shared(&mut self) -> Vec<Outgoing> {
+    /// QoS 2 messages already PUBREC'd stay: the client has them. Unacknowledged QoS 2
+    /// messages are taken only when the session ends (`ending`): a parked session's client may
+    /// hold one awaiting PUBREL, and giving it to another member would deliver it twice
+    /// (§4.8.2 allows redirecting QoS 1 only).
+    pub fn take_shared(&mut self, ending: bool) -> Vec<Outgoing> {
         let mut taken = Vec::new();
         if self.queue.iter().any(|o| o.share().is_some()) {
             let mut kept = VecDeque::with_capacity(self.queue.len());
@@ -1460,8 +1538,9 @@ impl Session {
             .replay()
             .filter_map(|(id, state, o)| {
                 let o = o?;
-                (o.share().is_some() && state != OutState::AwaitPubComp)
-                    .then_some((id, o.qos == QoS::ExactlyOnce))
+                let qos2 = o.qos == QoS::ExactlyOnce;
+                (o.share().is_some() && state != OutState::AwaitPubComp && (ending || !qos2))
+                    .then_some((id, qos2))
             })
             .collect();
         for (id, qos2) in ids {
@@ -1483,6 +1562,7 @@ impl Session {
         let filters = self.subscriptions.drain().map(|(f, _)| f).collect();
         self.queue.clear();
         self.queued_bytes = 0;
+        self.replay_pending.clear();
         self.out = OutWindow::new(self.limits.max_inflight.max(1));
         self.inbound = InWindow::new(self.limits.receive_maximum.max(1));
         filters

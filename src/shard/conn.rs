@@ -72,7 +72,7 @@ impl std::fmt::Debug for ConnShared {
 }
 
 impl ConnShared {
-    fn new(token: u64, fd: RawFd, now: u32, grace: u32) -> Self {
+    pub(super) fn new(token: u64, fd: RawFd, now: u32, grace: u32) -> Self {
         Self {
             token,
             fd,
@@ -360,6 +360,28 @@ async fn read_loop(
             }
         }
         conversation = Some(conv);
+    }
+
+    // A will the broker could not publish as asked is refused with the CONNECT
+    // [MQTT-3.2.2-12] (QoS above Maximum QoS: 0x9B; RETAIN without Retain Available: 0x9A).
+    let will_refusal = {
+        let s = shard.borrow();
+        connect.will.as_ref().and_then(|w| {
+            if w.qos > s.limits.maximum_qos {
+                Some(ReasonCode::QOS_NOT_SUPPORTED)
+            } else if w.retain && !s.limits.retain_available {
+                Some(ReasonCode::RETAIN_NOT_SUPPORTED)
+            } else {
+                None
+            }
+        })
+    };
+    if let Some(reason) = will_refusal {
+        let mut out = BytesMut::new();
+        encode_refusal(version, reason, &mut out);
+        conn.leftover.borrow_mut().extend_from_slice(&out);
+        conn.wake_writer();
+        return "will refused";
     }
 
     let accepted = {

@@ -22,8 +22,7 @@ use crate::config::Config;
 use crate::index::{LocalIndex, RetainedStore, Routes, SetOutcome, SharedRoutes};
 use crate::mesh::{Consumer, Doorbell, Envelope, Producer, Wake};
 use crate::protocol::session::{
-    Ack, Action, AppMessage, Grant, Message, Outgoing, Regrant, Session, SessionLimits,
-    Subscription,
+    Ack, Action, AppMessage, Grant, Message, Outgoing, Session, SessionLimits, Subscription,
 };
 use crate::protocol::{Properties, Publish, QoS, ReasonCode, Str, TopicFilter, TopicName, Will};
 
@@ -376,12 +375,7 @@ impl Shard {
     fn on_envelope(&mut self, env: Envelope) {
         match env {
             Envelope::Publish(m) => self.deliver_local(&m),
-            Envelope::Shared {
-                msg,
-                group,
-                grant,
-                tried,
-            } => self.deliver_shared(msg, group, grant, tried),
+            Envelope::Shared { msg, group, tried } => self.deliver_shared(msg, group, tried),
             Envelope::Retain(m) => {
                 self.set_retained(m);
             }
@@ -507,7 +501,8 @@ impl Shard {
             // now. Keep a resumed session parked here, or hand the id back.
             match session {
                 Some(s) if s.is_persistent() => {
-                    self.install(s, p.conn.token, None);
+                    let slot = self.install(s, p.conn.token, None);
+                    self.park(slot);
                 }
                 _ => {
                     let d = directory_shard(&p.client_id, self.count);
@@ -596,7 +591,7 @@ impl Shard {
             }
         }
         if clean {
-            self.requeue_shared(e.session.take_shared());
+            self.requeue_shared(e.session.take_shared(true));
         }
         e.session
     }
@@ -642,19 +637,29 @@ impl Shard {
         let will = e.session.detach();
         let persistent = e.session.is_persistent();
         let client_id = e.session.client_id().clone();
-        let (will_delay, expiry) = (e.session.will_delay(), e.session.expiry());
-        let token = e.token;
-        if persistent {
-            // Parked, still a member: its unacknowledged shared messages go to the others.
-            let taken = e.session.take_shared();
-            self.requeue_shared(taken);
-        }
         if let Some(will) = will {
             self.publish_will(will, client_id);
         }
-        if !persistent {
-            self.end_session(slot);
+        if persistent {
+            self.park(slot);
         } else {
+            self.end_session(slot);
+        }
+        self.flush();
+    }
+
+    /// Parks the offline persistent session at `slot`: its unacknowledged QoS 1 and queued
+    /// shared-subscription messages go to the other members (it stays a member), and timers
+    /// are set for its delayed will and its Session Expiry Interval.
+    fn park(&mut self, slot: usize) {
+        let Some(e) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        let (will_delay, expiry) = (e.session.will_delay(), e.session.expiry());
+        let token = e.token;
+        let taken = e.session.take_shared(false);
+        self.requeue_shared(taken);
+        {
             let now = self.now;
             // Stale timers (sessions that came back) are only skipped when due: rebuild the
             // heap when they outnumber the sessions, so it stays O(sessions).
@@ -679,7 +684,6 @@ impl Shard {
                 )));
             }
         }
-        self.flush();
     }
 
     /// Ends the session at `slot` for good: publishes a will still waiting out its delay,
@@ -690,7 +694,7 @@ impl Shard {
         if let Some(will) = e.session.take_delayed_will() {
             self.publish_will(will, e.session.client_id().clone());
         }
-        self.requeue_shared(e.session.take_shared());
+        self.requeue_shared(e.session.take_shared(true));
         for filter in e.session.clear() {
             self.unindex(&filter, slot);
         }
@@ -807,7 +811,7 @@ impl Shard {
                 .for_each_match(msg.topic.as_bytes(), |k, m| groups.push((k.clone(), m)));
             for (group, mask) in groups {
                 matched = true;
-                self.send_shared(msg.clone(), group, None, mask, 0);
+                self.send_shared(msg.clone(), group, mask, 0);
             }
         }
         matched
@@ -817,14 +821,7 @@ impl Shard {
     /// round-robin over those shards (this one included, delivering locally when chosen), so
     /// a group spread over shards is balanced across them whichever shard publishes.
     /// Counted as dropped when no shard is left.
-    fn send_shared(
-        &mut self,
-        msg: Message,
-        group: TopicFilter,
-        grant: Option<Regrant>,
-        mask: u64,
-        tried: u64,
-    ) {
+    fn send_shared(&mut self, msg: Message, group: TopicFilter, mask: u64, tried: u64) {
         let me = 1u64 << self.id;
         let mut left = mask & !tried;
         if left & me != 0 && !self.groups.contains_key(&group) {
@@ -843,30 +840,21 @@ impl Shard {
         }
         let dest = bits.trailing_zeros() as usize;
         if dest == self.id {
-            return self.deliver_shared(msg, group, grant, tried);
+            return self.deliver_shared(msg, group, tried);
         }
-        self.send(
-            dest,
-            Envelope::Shared {
-                msg,
-                group,
-                grant,
-                tried,
-            },
-        );
+        self.send(dest, Envelope::Shared { msg, group, tried });
     }
 
     /// Delivers a message to one member of the shared group `group` on this shard, chosen
     /// round-robin among the members that are connected and keeping up (window not full),
-    /// else among the connected ones, else among all (parked persistent sessions queue it).
-    /// With no member here any more, passes it on to another shard of the group.
-    fn deliver_shared(
-        &mut self,
-        msg: Message,
-        group: TopicFilter,
-        grant: Option<Regrant>,
-        tried: u64,
-    ) {
+    /// else among the connected ones. With none connected here, the message goes on to a
+    /// shard of the group not yet tried; only when every shard was tried does a parked
+    /// (persistent, offline) member here queue it. The member gets it as its own
+    /// subscription grants (QoS, Retain As Published, Subscription Identifier).
+    fn deliver_shared(&mut self, msg: Message, group: TopicFilter, tried: u64) {
+        let me = 1u64 << self.id;
+        let mask = self.shared.shared_routes.mask(&group);
+        let last_resort = mask & !(tried | me) == 0;
         let chosen = self.groups.get_mut(&group).and_then(|g| {
             let n = g.members.len();
             let start = g.next;
@@ -880,31 +868,22 @@ impl Shard {
             };
             let i = pick(Session::has_room)
                 .or_else(|| pick(Session::is_connected))
-                .or_else(|| pick(|_| true))?;
+                .or_else(|| if last_resort { pick(|_| true) } else { None })?;
             g.next = (i + 1) % n;
             Some(g.members[i])
         });
         let Some((slot, sub)) = chosen else {
-            let mask = self.shared.shared_routes.mask(&group);
-            return self.send_shared(msg, group, grant, mask, tried | (1u64 << self.id));
+            return self.send_shared(msg, group, mask, tried | me);
         };
-        let grant = match &grant {
-            Some(r) => Grant {
-                qos: r.qos,
-                retain: r.retain,
-                ids: &r.ids,
-                share: Some(&group),
+        let grant = Grant {
+            qos: sub.options.qos,
+            retain: sub.options.retain_as_published && msg.retain,
+            ids: if sub.id != 0 {
+                core::slice::from_ref(&sub.id)
+            } else {
+                &[]
             },
-            None => Grant {
-                qos: sub.options.qos,
-                retain: sub.options.retain_as_published && msg.retain,
-                ids: if sub.id != 0 {
-                    core::slice::from_ref(&sub.id)
-                } else {
-                    &[]
-                },
-                share: Some(&group),
-            },
+            share: Some(&group),
         };
         let now = self.now;
         if let Some(e) = self.sessions.get_mut(slot as usize) {
@@ -917,15 +896,14 @@ impl Shard {
     }
 
     /// Gives the messages a leaving session held for shared subscriptions back to their
-    /// groups (another member gets them).
+    /// groups (another member gets them, as its own subscription grants).
     fn requeue_shared(&mut self, taken: Vec<Outgoing>) {
         for o in taken {
             let Some(group) = o.share().cloned() else {
                 continue;
             };
             let mask = self.shared.shared_routes.mask(&group);
-            let grant = o.regrant();
-            self.send_shared(o.msg, group, Some(grant), mask, 0);
+            self.send_shared(o.msg, group, mask, 0);
         }
     }
 
@@ -1149,3 +1127,6 @@ impl Shard {
         self.by_id.contains_key(client_id)
     }
 }
+
+#[cfg(test)]
+mod tests;

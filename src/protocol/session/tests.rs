@@ -416,7 +416,7 @@ fn shared_messages_go_back_when_the_member_leaves() {
     };
     assert_eq!(s.deliver(&m, g, 0), Delivered::Sent);
     assert_eq!(s.deliver(&m, grant(QoS::AtLeastOnce), 0), Delivered::Sent);
-    let taken = s.take_shared();
+    let taken = s.take_shared(true);
     assert_eq!(taken.len(), 1);
     assert_eq!(s.inflight(), 1, "the plain subscription's message stays");
 }
@@ -448,4 +448,138 @@ fn reason_strings_give_way_to_the_clients_maximum_packet_size() {
             "max {max}"
         );
     }
+}
+
+#[test]
+fn an_alias_is_kept_only_for_a_message_that_was_sent() {
+    let mut s = session(SessionLimits::default());
+    s.attach(&v5_connect(|c| {
+        c.properties.topic_alias_maximum = Some(4);
+        c.properties.maximum_packet_size = Some(64);
+    }));
+    let big = Arc::new(AppMessage::new(Publish {
+        topic: "a".into(),
+        payload: Bytes::from(vec![0u8; 100]),
+        ..Default::default()
+    }));
+    assert_eq!(
+        s.deliver(&big, grant(QoS::AtMostOnce), 0),
+        Delivered::Dropped
+    );
+    let small = message("a", QoS::AtMostOnce);
+    assert_eq!(
+        s.deliver(&small, grant(QoS::AtMostOnce), 0),
+        Delivered::Sent
+    );
+    let out = sent(&mut s);
+    let [Packet::Publish(p)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    // The client never learnt alias 1: it must get the topic name.
+    assert_eq!(
+        p.topic.as_str(),
+        "a",
+        "alias-only PUBLISH for an alias never sent: {p:?}"
+    );
+}
+
+#[test]
+fn the_replay_after_a_reconnect_respects_the_new_receive_maximum() {
+    let mut s = session(SessionLimits::default());
+    let c1 = v5_connect(|c| {
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(100);
+        c.properties.receive_maximum = Some(10);
+    });
+    s.attach(&c1);
+    s.connack(false, &c1, None, None, 0);
+    sent(&mut s);
+    let m = message("t", QoS::AtLeastOnce);
+    for _ in 0..10 {
+        assert_eq!(s.deliver(&m, grant(QoS::AtLeastOnce), 0), Delivered::Sent);
+    }
+    sent(&mut s);
+    s.detach();
+    let c2 = v5_connect(|c| {
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(100);
+        c.properties.receive_maximum = Some(1);
+    });
+    s.attach(&c2);
+    s.connack(true, &c2, None, None, 0);
+    let out = sent(&mut s);
+    let publishes = out
+        .iter()
+        .filter(|p| matches!(p, Packet::Publish(_)))
+        .count();
+    assert!(
+        publishes <= 1,
+        "{publishes} unacknowledged PUBLISHes against Receive Maximum 1"
+    );
+    // Each PUBACK lets the next one through, with DUP, until all ten are acknowledged.
+    let mut acked = 0;
+    let mut last = out;
+    while acked < 10 {
+        let id = last
+            .iter()
+            .find_map(|p| match p {
+                Packet::Publish(p) => {
+                    assert!(p.dup);
+                    Some(p.packet_id)
+                }
+                _ => None,
+            })
+            .expect("one more replayed PUBLISH");
+        s.handle(Packet::PubAck(PubAck::new(id)), 0, &mut Vec::new())
+            .unwrap();
+        acked += 1;
+        last = sent(&mut s);
+        let n = last
+            .iter()
+            .filter(|p| matches!(p, Packet::Publish(_)))
+            .count();
+        assert!(n <= 1, "{n} at once");
+    }
+    assert_eq!(s.inflight(), 0);
+}
+
+#[test]
+fn a_replay_too_large_for_the_new_connection_frees_the_window() {
+    let limits = SessionLimits {
+        max_inflight: 1,
+        ..Default::default()
+    };
+    let mut s = session(limits);
+    let c1 = v5_connect(|c| {
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(100);
+    });
+    s.attach(&c1);
+    s.connack(false, &c1, None, None, 0);
+    sent(&mut s);
+    let big = Arc::new(AppMessage::new(Publish {
+        qos: QoS::AtLeastOnce,
+        topic: "t".into(),
+        payload: Bytes::from(vec![0u8; 100]),
+        ..Default::default()
+    }));
+    assert_eq!(s.deliver(&big, grant(QoS::AtLeastOnce), 0), Delivered::Sent);
+    sent(&mut s);
+    s.detach();
+    let c2 = v5_connect(|c| {
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(100);
+        c.properties.maximum_packet_size = Some(64);
+    });
+    s.attach(&c2);
+    s.connack(true, &c2, None, None, 0);
+    sent(&mut s);
+    assert_eq!(s.drops.too_large, 1);
+    let m = message("t", QoS::AtLeastOnce);
+    assert_eq!(
+        s.deliver(&m, grant(QoS::AtLeastOnce), 0),
+        Delivered::Sent,
+        "window stuck: inflight={}",
+        s.inflight()
+    );
 }
