@@ -255,3 +255,165 @@ fn no_persistence_keeps_nothing() {
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn kill(b: &mut Broker, hard: bool) {
+    if hard {
+        // relaxed durability: what was acknowledged reaches the OS within the store
+        // thread's next batch; give it that moment.
+        std::thread::sleep(Duration::from_millis(500));
+        b.child.kill().unwrap();
+        b.child.wait().unwrap();
+    } else {
+        sigterm_and_wait(b);
+    }
+}
+
+/// A persistent session (3.1.1 Clean Session 0, or 5.0 Session Expiry 300).
+fn persistent(b: &Broker, v: Version, id: &str) -> (Raw, bool) {
+    let mut raw = Raw::connect(b.addr, v);
+    let mut c = connect_packet(v, id, false, 30);
+    if let (Packet::Connect(c), Version::V5) = (&mut c, v) {
+        c.properties.session_expiry_interval = Some(300);
+    }
+    raw.send(&c);
+    match raw.recv() {
+        Some(Packet::ConnAck(a)) => {
+            assert_eq!(a.reason, ReasonCode::SUCCESS);
+            (raw, a.session_present)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Receives `n` PUBLISHes, completing each one's QoS flow; returns their payloads.
+fn receive(raw: &mut Raw, n: usize) -> Vec<Vec<u8>> {
+    use shardmq::protocol::PubAck;
+    let mut got = Vec::new();
+    while got.len() < n {
+        match raw.recv() {
+            Some(Packet::Publish(p)) => {
+                match p.qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => raw.send(&Packet::PubAck(PubAck::new(p.packet_id))),
+                    QoS::ExactlyOnce => raw.send(&Packet::PubRec(PubAck::new(p.packet_id))),
+                }
+                got.push(p.payload.to_vec());
+            }
+            Some(Packet::PubRel(r)) => raw.send(&Packet::PubComp(PubAck::new(r.packet_id))),
+            other => panic!("after {} messages: {other:?}", got.len()),
+        }
+    }
+    got
+}
+
+fn publish_numbered(p: &mut Raw, count: u16, qos: QoS, first_id: u16) {
+    use shardmq::protocol::PubAck;
+    for i in 0..count {
+        let id = first_id + i;
+        p.send(&Packet::Publish(Publish {
+            qos,
+            topic: "q/t".into(),
+            packet_id: id,
+            payload: Bytes::from(format!("{qos:?}-{i}")),
+            ..Default::default()
+        }));
+        match (qos, p.recv()) {
+            (QoS::AtLeastOnce, Some(Packet::PubAck(a))) if a.packet_id == id => {}
+            (QoS::ExactlyOnce, Some(Packet::PubRec(a))) if a.packet_id == id => {
+                p.send(&Packet::PubRel(PubAck::new(id)));
+                assert!(matches!(p.recv(), Some(Packet::PubComp(c)) if c.packet_id == id));
+            }
+            (_, other) => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn persistent_sessions_and_their_queues_survive_a_restart_and_kill_9() {
+    for shards in [1, 3] {
+        for hard in [false, true] {
+            let dir = temp_dir("persist-sessions");
+            let mut b = start(shards, &dir);
+            for (v, id, qos) in [
+                (Version::V3_1_1, "old-sub", QoS::AtLeastOnce),
+                (Version::V5, "new-sub", QoS::ExactlyOnce),
+            ] {
+                let (mut s, _) = persistent(&b, v, id);
+                s.send(&Packet::Subscribe(Subscribe {
+                    packet_id: 1,
+                    filters: vec![(TopicFilter::from("q/#"), SubscriptionOptions::qos(qos))],
+                    properties: Default::default(),
+                }));
+                assert!(matches!(s.recv(), Some(Packet::SubAck(_))));
+            }
+            // Both subscribers are offline now (their sockets closed above).
+            std::thread::sleep(Duration::from_millis(200));
+            let mut p = client(&b, "publisher");
+            publish_numbered(&mut p, 20, QoS::AtLeastOnce, 1);
+            publish_numbered(&mut p, 5, QoS::ExactlyOnce, 100);
+            drop(p);
+            kill(&mut b, hard);
+            drop(b);
+            let b = start(shards, &dir);
+            let mut expected: Vec<Vec<u8>> = (0..20)
+                .map(|i| format!("AtLeastOnce-{i}").into_bytes())
+                .chain((0..5).map(|i| format!("ExactlyOnce-{i}").into_bytes()))
+                .collect();
+            expected.sort();
+            for (v, id) in [(Version::V3_1_1, "old-sub"), (Version::V5, "new-sub")] {
+                let (mut s, present) = persistent(&b, v, id);
+                assert!(
+                    present,
+                    "{id}: session present after restart ({shards} shards, hard {hard})"
+                );
+                let mut got = receive(&mut s, 25);
+                got.sort();
+                assert_eq!(got, expected, "{id}: every acknowledged message, once");
+                // The subscription came back too.
+                let mut p = client(&b, "publisher2");
+                publish_numbered(&mut p, 1, QoS::AtLeastOnce, 500);
+                assert_eq!(receive(&mut s, 1), [b"AtLeastOnce-0".to_vec()]);
+            }
+            drop(b);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+#[test]
+fn a_session_that_expires_while_the_broker_is_down_is_gone_and_its_will_sent() {
+    let dir = temp_dir("persist-expiry");
+    let mut b = start(2, &dir);
+    let mut raw = Raw::connect(b.addr, Version::V5);
+    let mut c = connect_packet(Version::V5, "mortal", false, 30);
+    if let Packet::Connect(c) = &mut c {
+        c.properties.session_expiry_interval = Some(1);
+        let mut will = shardmq::protocol::Will {
+            topic: "wills/mortal".into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Default::default(),
+        };
+        will.properties.will_delay_interval = Some(600);
+        c.will = Some(will);
+    }
+    raw.send(&c);
+    assert!(matches!(raw.recv(), Some(Packet::ConnAck(_))));
+    drop(raw); // lost without DISCONNECT: the will waits for the session's end
+    std::thread::sleep(Duration::from_millis(300));
+    kill(&mut b, false);
+    drop(b);
+    std::thread::sleep(Duration::from_millis(1500));
+    let b = start(2, &dir);
+    let (_s, present) = persistent(&b, Version::V5, "mortal");
+    assert!(!present, "the session expired while the broker was down");
+    let got = retained(&b, "reader");
+    assert_eq!(
+        topics(&got),
+        ["wills/mortal"],
+        "its will went out at start-up"
+    );
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -223,6 +223,23 @@ impl<M> OutWindow<M> {
             .map(|e| (e.id, e.state, e.message.as_ref()))
     }
 
+    /// Puts back an entry of a restored session (in the original order), keeping its packet
+    /// identifier and state. Entries beyond the capacity are kept too: the replay after the
+    /// next CONNACK paces them by the client's Receive Maximum.
+    pub fn restore(&mut self, id: u16, state: OutState, message: Option<M>) {
+        if id == 0 || self.in_use(id) {
+            return;
+        }
+        self.entries.push_back(Entry {
+            id,
+            state,
+            message,
+            done: false,
+        });
+        self.live += 1;
+        self.next_id = if id == u16::MAX { 1 } else { id + 1 };
+    }
+
     /// Empties the window, handing back the messages not yet received by the client (for a
     /// session that moves, or is discarded with its messages requeued elsewhere).
     pub fn drain(&mut self) -> impl Iterator<Item = (u16, OutState, Option<M>)> + '_ {
@@ -283,6 +300,13 @@ impl InWindow {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Puts back an identifier of a restored session.
+    pub fn restore(&mut self, id: u16) {
+        if !self.ids.contains(&id) {
+            self.ids.push(id);
         }
     }
 

@@ -330,6 +330,47 @@ impl Outgoing {
     }
 }
 
+/// Everything a parked (offline, persistent) session is, as plain data: what the store keeps
+/// and gives back after a restart ([`Session::image`], [`Session::from_image`]).
+#[derive(Clone, Debug)]
+pub struct SessionImage {
+    /// The client identifier.
+    pub client_id: Str,
+    /// Protocol version of the last connection.
+    pub version: Version,
+    /// Session Expiry Interval, seconds (`u32::MAX`: never).
+    pub expiry: u32,
+    /// Subscriptions.
+    pub subscriptions: Vec<(TopicFilter, Subscription)>,
+    /// The outgoing window: packet id, state, and the message (absent once PUBREC'd).
+    pub inflight: Vec<(u16, OutState, Option<Outgoing>)>,
+    /// Incoming QoS 2 packet ids awaiting PUBREL.
+    pub inbound: Vec<u16>,
+    /// Messages queued for the client.
+    pub queue: Vec<Outgoing>,
+    /// A will waiting out its delay.
+    pub will: Option<Will>,
+}
+
+impl Outgoing {
+    /// An outgoing message as the store gives it back.
+    pub fn restored(
+        msg: Message,
+        qos: QoS,
+        retain: bool,
+        ids: &[u32],
+        share: Option<TopicFilter>,
+    ) -> Self {
+        let grant = Grant {
+            qos,
+            retain,
+            ids,
+            share: share.as_ref(),
+        };
+        Outgoing::new(msg, qos, grant)
+    }
+}
+
 /// Topic aliases of one 5.0 connection, both directions (allocated only when used).
 #[derive(Debug, Default)]
 struct Aliases {
@@ -496,6 +537,61 @@ impl Session {
     /// The client identifier.
     pub fn client_id(&self) -> &Str {
         &self.client_id
+    }
+
+    /// The session as plain data, for the store (meant for a parked session: the transmit
+    /// buffer and the connection's topic aliases are not part of it).
+    pub fn image(&self) -> SessionImage {
+        SessionImage {
+            client_id: self.client_id.clone(),
+            version: self.version,
+            expiry: self.expiry(),
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(f, s)| (f.clone(), *s))
+                .collect(),
+            inflight: self
+                .out
+                .replay()
+                .map(|(id, state, o)| (id, state, o.cloned()))
+                .collect(),
+            inbound: self.inbound.ids().to_vec(),
+            queue: self.queue.iter().cloned().collect(),
+            will: self.delayed_will.as_deref().cloned(),
+        }
+    }
+
+    /// A parked persistent session rebuilt from its image.
+    pub fn from_image(image: SessionImage, limits: Arc<SessionLimits>) -> Self {
+        let mut s = Session::new(image.client_id, limits);
+        s.version = image.version;
+        s.persistent = true;
+        s.expiry = image.expiry;
+        s.connect_expiry_zero = false;
+        s.subscriptions = image.subscriptions.into_iter().collect();
+        for (id, state, o) in image.inflight {
+            s.out.restore(id, state, o);
+        }
+        for id in image.inbound {
+            s.inbound.restore(id);
+        }
+        for o in image.queue {
+            if s.queue.len() >= s.limits.max_queued_messages {
+                s.drops.queue_full += 1;
+                continue;
+            }
+            s.queued_bytes += o.cost();
+            s.queue.push_back(o);
+        }
+        s.delayed_will = image.will.map(Box::new);
+        s
+    }
+
+    /// The message [`deliver`](Self::deliver) just queued (to append it to the store for a
+    /// parked session).
+    pub fn last_queued(&self) -> Option<&Outgoing> {
+        self.queue.back()
     }
 
     /// The protocol version of the current (or last) connection.

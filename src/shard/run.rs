@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use super::conn::{self, ConnShared};
 use super::listen::bind_shared;
 use super::spawn::{run_on_runtime, spawn_pinned};
+use super::state::directory_shard;
 use super::state::{Shard, ShardWaker, Shared};
 use crate::auth::{Authenticators, ScramSha256};
 use crate::config::Config;
@@ -34,7 +35,8 @@ use crate::index::routes::MAX_SHARDS;
 use crate::index::{Routes, SharedRoutes};
 use crate::mesh::{Consumer, Doorbell, Envelope, Park, Producer, Wake, channel};
 use crate::protocol::ReasonCode;
-use crate::protocol::session::Message;
+use crate::protocol::session::{Message, SessionImage};
+use crate::store::codec::Deadlines;
 use crate::store::{Store, StoreOptions, unix_now};
 
 /// Envelopes drained from one inbound ring per pump turn.
@@ -82,6 +84,16 @@ impl Broker {
     }
 }
 
+/// What a shard starts with from the store.
+struct Seed {
+    /// Every retained message (each shard keeps a replica).
+    retained: Arc<Vec<Message>>,
+    /// The persistent sessions whose client ids this shard's directory partition owns.
+    sessions: Vec<(SessionImage, Deadlines)>,
+    /// Sessions that expired while the broker was down (their delayed wills go out).
+    expired: Vec<SessionImage>,
+}
+
 /// Binds the listeners, builds the mesh and starts the shards, with the enhanced
 /// authentication methods the configuration names (`auth.scram_credentials`). Errors are one
 /// line.
@@ -116,21 +128,33 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
     // Recover the store before binding: clients are accepted only once everything is back.
     let start = Instant::now();
     let start_unix = unix_now();
+    let mut sessions: Vec<Vec<(SessionImage, Deadlines)>> = (0..n).map(|_| Vec::new()).collect();
+    let mut expired_sessions = Vec::new();
     let (store, seed) = if config.persistence.enabled {
         let options = StoreOptions {
             dir: config.persistence.data_dir.clone(),
             commit_interval_ms: config.persistence.commit_interval_ms,
             queue: config.limits.store_queue,
         };
-        let (store, rec, thread) = Store::open(&options)?;
+        let (store, rec, thread) = Store::open(&options, start_unix)?;
+        let queued: usize = rec.sessions.iter().map(|(s, _)| s.queue.len()).sum();
         tracing::info!(
-            "store {}: recovered {} retained messages in {} ms ({} expired while down, {} unreadable)",
+            "store {}: recovered {} retained messages and {} sessions ({} queued messages) in {} ms ({} retained and {} sessions expired while down, {} unreadable records)",
             options.dir.display(),
             rec.retained.len(),
+            rec.sessions.len(),
+            queued,
             rec.took.as_millis(),
             rec.expired,
+            rec.expired_sessions.len(),
             rec.unreadable
         );
+        // A session lives on the shard owning its client id in the directory.
+        for (image, d) in rec.sessions {
+            let home = directory_shard(&image.client_id, n);
+            sessions[home].push((image, d));
+        }
+        expired_sessions = rec.expired_sessions;
         let seed: Vec<Message> = rec
             .retained
             .into_iter()
@@ -195,7 +219,15 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
     for (i, ((out, inbound), listeners)) in outs.into_iter().zip(ins).zip(per_shard).enumerate() {
         let core = cores[i];
         let shared = shared.clone();
-        let seed = seed.clone();
+        let seed = Seed {
+            retained: seed.clone(),
+            sessions: std::mem::take(&mut sessions[i]),
+            expired: if i == 0 {
+                std::mem::take(&mut expired_sessions)
+            } else {
+                Vec::new()
+            },
+        };
         let ready = ready_tx.clone();
         let spawned = spawn_pinned(i, pin.then_some(core), move |pinned| {
             let ready2 = ready.clone();
@@ -248,11 +280,12 @@ async fn shard_main(
     out: Vec<Option<Producer<Envelope>>>,
     inbound: Vec<Consumer<Envelope>>,
     listeners: Vec<std::net::TcpListener>,
-    seed: Arc<Vec<Message>>,
+    seed: Seed,
 ) {
     let mut state = Shard::new(id, shared.clone(), out, inbound);
-    state.seed_retained(&seed);
-    drop(seed);
+    state.seed_retained(&seed.retained);
+    state.seed_sessions(seed.sessions);
+    state.publish_expired_wills(seed.expired);
     let shard = Rc::new(RefCell::new(state));
     for l in listeners {
         match monoio::net::TcpListener::from_std(l) {

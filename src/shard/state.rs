@@ -22,7 +22,8 @@ use crate::config::Config;
 use crate::index::{LocalIndex, RetainedStore, Routes, SetOutcome, SharedRoutes};
 use crate::mesh::{Consumer, Doorbell, Envelope, Producer, Wake};
 use crate::protocol::session::{
-    Ack, Action, AppMessage, Grant, Message, Outgoing, Session, SessionLimits, Subscription,
+    Ack, Action, AppMessage, Delivered, Grant, Message, Outgoing, Session, SessionImage,
+    SessionLimits, Subscription,
 };
 use crate::protocol::{Properties, Publish, QoS, ReasonCode, Str, TopicFilter, TopicName, Will};
 
@@ -122,6 +123,10 @@ pub struct Entry {
     pub token: u64,
     /// The attached connection.
     pub conn: Option<Rc<ConnShared>>,
+    /// The store holds an image of this session (it was parked or recovered).
+    pub stored: bool,
+    /// Sequence of the next message appended to the store for this parked session.
+    pub store_seq: u64,
 }
 
 /// A connection waiting for its directory claim to be granted.
@@ -592,6 +597,11 @@ impl Shard {
         }
         if clean {
             self.requeue_shared(e.session.take_shared(true));
+            if e.stored {
+                if let Some(store) = self.shared.store.clone() {
+                    self.store_write(store.pending_end(e.session.client_id().as_bytes()));
+                }
+            }
         }
         e.session
     }
@@ -617,6 +627,8 @@ impl Shard {
             session,
             token,
             conn,
+            stored: false,
+            store_seq: 0,
         })
     }
 
@@ -659,6 +671,7 @@ impl Shard {
         let token = e.token;
         let taken = e.session.take_shared(false);
         self.requeue_shared(taken);
+        self.store_park(slot);
         {
             let now = self.now;
             // Stale timers (sessions that came back) are only skipped when due: rebuild the
@@ -690,6 +703,11 @@ impl Shard {
     /// unindexes it and releases its client id at the directory.
     fn end_session(&mut self, slot: usize) {
         let mut e = self.sessions.remove(slot);
+        if e.stored {
+            if let Some(store) = self.shared.store.clone() {
+                self.store_write(store.pending_end(e.session.client_id().as_bytes()));
+            }
+        }
         self.by_id.remove(e.session.client_id());
         if let Some(will) = e.session.take_delayed_will() {
             self.publish_will(will, e.session.client_id().clone());
@@ -887,11 +905,12 @@ impl Shard {
         };
         let now = self.now;
         if let Some(e) = self.sessions.get_mut(slot as usize) {
-            e.session.deliver(&msg, grant, now);
+            let outcome = e.session.deliver(&msg, grant, now);
             self.stats.delivered += 1;
             if let Some(c) = &e.conn {
                 c.wake_writer();
             }
+            self.store_queued(slot as usize, outcome);
         }
     }
 
@@ -931,26 +950,117 @@ impl Shard {
             let unix = m.expires_at.map(|at| shared.start_unix + u64::from(at));
             crate::store::codec::encode_message(m, unix)
         });
+        self.store_write(store.pending_retained(topic, value));
+    }
+
+    /// Hands a write to the store without waiting: behind a backlog it waits its turn (a
+    /// later write must not overtake an earlier one); a full channel keeps it in the backlog,
+    /// which past `limits.store_queue` drops its oldest (counted, logged).
+    fn store_write(&mut self, w: crate::store::PendingWrite) {
+        let shared = self.shared.clone();
+        let Some(store) = &shared.store else {
+            return;
+        };
         if !self.store_backlog.is_empty() {
             self.retry_store();
         }
-        // Behind a backlog, a write waits its turn (a later set must not overtake it).
         let write = if self.store_backlog.is_empty() {
-            store.set_retained(topic, value)
+            store.retry(w)
         } else {
-            Err(store.pending_retained(topic, value))
+            Err(w)
         };
         if let Err(w) = write {
             self.store_backlog.push_back(w);
             if self.store_backlog.len() > shared.config.limits.store_queue {
                 self.store_backlog.pop_front();
                 self.stats.store_dropped += 1;
-                tracing::warn!(
-                    shard = self.id,
-                    "store backlog full: a retained-message write was dropped"
-                );
+                tracing::warn!(shard = self.id, "store backlog full: a write was dropped");
             }
         }
+    }
+
+    /// Writes the image of the parked persistent session at `slot` (with its deadlines in
+    /// Unix seconds); what is queued for it from now on is appended after it.
+    fn store_park(&mut self, slot: usize) {
+        let Some(store) = self.shared.store.clone() else {
+            return;
+        };
+        let start_unix = self.shared.start_unix;
+        let now_unix = start_unix + u64::from(self.now);
+        let Some(e) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        let image = e.session.image();
+        let expiry = e.session.expiry();
+        let d = crate::store::codec::Deadlines {
+            session_end: (expiry != u32::MAX).then(|| now_unix + u64::from(expiry)),
+            will_due: e.session.will_delay().map(|d| now_unix + u64::from(d)),
+        };
+        let value = crate::store::codec::encode_session(&image, d, start_unix);
+        e.stored = true;
+        e.store_seq = 0;
+        let w = store.pending_session(image.client_id.as_bytes(), value);
+        self.store_write(w);
+    }
+
+    /// After a delivery to the session at `slot`: a message queued for a parked persistent
+    /// session is appended to the store.
+    fn store_queued(&mut self, slot: usize, outcome: Delivered) {
+        if outcome != Delivered::Queued {
+            return;
+        }
+        let Some(store) = self.shared.store.clone() else {
+            return;
+        };
+        let start_unix = self.shared.start_unix;
+        let Some(e) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        if e.conn.is_some() || !e.session.is_persistent() {
+            return;
+        }
+        let Some(o) = e.session.last_queued() else {
+            return;
+        };
+        let value = crate::store::codec::encode_outgoing(o, start_unix);
+        let seq = e.store_seq;
+        e.store_seq += 1;
+        let w = store.pending_queued(e.session.client_id().as_bytes(), seq, value);
+        self.store_write(w);
+    }
+
+    /// Fills this shard with the persistent sessions the store recovered whose client ids
+    /// this shard's directory partition owns: parked, with their timers, and written back at
+    /// once (so appends start afresh after the image).
+    pub fn seed_sessions(&mut self, sessions: Vec<(SessionImage, crate::store::codec::Deadlines)>) {
+        let start_unix = self.shared.start_unix;
+        for (image, d) in sessions {
+            let client_id = image.client_id.clone();
+            let session = Box::new(Session::from_image(image, self.limits.clone()));
+            let token = self.new_token();
+            let slot = self.install(session, token, None);
+            self.directory.insert(client_id, (self.id, token));
+            let at = |unix: u64| unix.saturating_sub(start_unix).min(u64::from(u32::MAX)) as u32;
+            if let Some(end) = d.session_end {
+                self.timers
+                    .push(Reverse((at(end), token, slot, Timer::Expire)));
+            }
+            if let Some(due) = d.will_due {
+                self.timers
+                    .push(Reverse((at(due), token, slot, Timer::Will)));
+            }
+            self.store_park(slot);
+        }
+    }
+
+    /// Publishes the delayed wills of sessions that expired while the broker was down.
+    pub fn publish_expired_wills(&mut self, expired: Vec<SessionImage>) {
+        for image in expired {
+            if let Some(will) = image.will {
+                self.publish_will(will, image.client_id);
+            }
+        }
+        self.flush();
     }
 
     /// Hands the store what its channel had no room for before, in order.
@@ -990,7 +1100,7 @@ impl Shard {
                 continue;
             };
             let v5 = e.session.version().is_v5();
-            if j == i + 1 {
+            let outcome = if j == i + 1 {
                 // One subscription matched (the common case): no merging.
                 let sub = &matches[i].1;
                 i = j;
@@ -1008,7 +1118,7 @@ impl Shard {
                     },
                     share: None,
                 };
-                e.session.deliver(msg, grant, now);
+                e.session.deliver(msg, grant, now)
             } else {
                 let mut grant: Option<Grant<'_>> = None;
                 let mut ids: SmallVec<[u32; 2]> = SmallVec::new();
@@ -1029,11 +1139,13 @@ impl Shard {
                     continue;
                 };
                 grant.ids = &ids;
-                e.session.deliver(msg, grant, now);
-            }
+                e.session.deliver(msg, grant, now)
+            };
             self.stats.delivered += 1;
-            if let Some(c) = &e.conn {
-                c.wake_writer();
+            match &e.conn {
+                Some(c) => c.wake_writer(),
+                None if outcome == Delivered::Queued => self.store_queued(slot as usize, outcome),
+                None => {}
             }
         }
         matches.clear();

@@ -1,9 +1,13 @@
 //! Persistence: an embedded LSM store (fjall) on its own thread, so no shard ever waits for
 //! the disk (DESIGN.md invariant 1).
 //!
-//! What it keeps so far: the retained messages. Persistent sessions, their queues and inflight
-//! windows, and `durability = "sync"` (acknowledging a QoS ≥ 1 PUBLISH only once it is
-//! committed) are the next steps of issue 6 and are not built yet.
+//! What it keeps: the retained messages, and every persistent session as it was when its
+//! client went away (subscriptions, inflight window, unreleased incoming QoS 2 ids, queue,
+//! delayed will, expiry), plus each message queued for it while it stays away. A session that
+//! is connected is not rewritten on every change: after a crash it comes back as it was
+//! parked last, plus what was queued since, so messages sent during its last connection may
+//! be delivered again (at least once). `durability = "sync"` (acknowledging a QoS ≥ 1 PUBLISH
+//! only once it is committed) is the next step of issue 6 and is not built yet.
 //!
 //! ```text
 //!  shard 0 ─┐  try_send (bounded channel; a full one is retried from the shard's backlog)
@@ -30,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
-use crate::protocol::session::AppMessage;
+use crate::protocol::session::{AppMessage, SessionImage};
 
 /// The store format this version writes, recorded in the `meta` partition.
 pub const STORE_FORMAT: u32 = 1;
@@ -56,6 +60,16 @@ enum Cmd {
         topic: Vec<u8>,
         value: Option<Vec<u8>>,
     },
+    /// Write a parked session's image (replacing it and the messages queued since).
+    Session { client_id: Vec<u8>, value: Vec<u8> },
+    /// Append a message queued for a parked session.
+    Queue {
+        client_id: Vec<u8>,
+        seq: u64,
+        value: Vec<u8>,
+    },
+    /// The session ended: forget it and its queue.
+    EndSession { client_id: Vec<u8> },
     /// Commit and fsync everything before, then answer.
     Sync(std::sync::mpsc::Sender<()>),
 }
@@ -65,6 +79,11 @@ enum Cmd {
 pub struct Recovered {
     /// Retained messages still alive, with the Unix second they expire at.
     pub retained: Vec<(AppMessage, Option<u64>)>,
+    /// Persistent sessions still alive, with their deadlines.
+    pub sessions: Vec<(SessionImage, codec::Deadlines)>,
+    /// Sessions that had expired while the broker was down (deleted; their delayed wills
+    /// are published at start-up).
+    pub expired_sessions: Vec<SessionImage>,
     /// Records that could not be read (logged and deleted).
     pub unreadable: usize,
     /// Retained messages that had expired while the broker was down (deleted).
@@ -99,8 +118,12 @@ fn open_keyspace(dir: &Path, fsync_ms: u16) -> fjall::Result<Keyspace> {
 
 impl Store {
     /// Opens (or creates) the store, recovers what it holds and starts the store thread.
-    /// Errors are one line.
-    pub fn open(o: &StoreOptions) -> Result<(Store, Recovered, JoinHandle<()>), String> {
+    /// `start_unix` is the Unix time at which the broker's clock reads 0 (recovered deadlines
+    /// are turned into it). Errors are one line.
+    pub fn open(
+        o: &StoreOptions,
+        start_unix: u64,
+    ) -> Result<(Store, Recovered, JoinHandle<()>), String> {
         let started = Instant::now();
         std::fs::create_dir_all(&o.dir).map_err(|e| {
             format!(
@@ -178,13 +201,58 @@ impl Store {
         for k in gone {
             retained.remove(k).map_err(fail)?;
         }
+        let sessions = ks
+            .open_partition("sessions", PartitionCreateOptions::default())
+            .map_err(fail)?;
+        let queued = ks
+            .open_partition("queued", PartitionCreateOptions::default())
+            .map_err(fail)?;
+        let mut gone: Vec<Vec<u8>> = Vec::new();
+        for kv in sessions.iter() {
+            let (k, v) = kv.map_err(fail)?;
+            let (mut image, d) = match codec::decode_session(&k, &v, start_unix) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("store: skipping an unreadable session record ({e})");
+                    rec.unreadable += 1;
+                    gone.push(k.to_vec());
+                    continue;
+                }
+            };
+            for kv in queued.prefix(queue_prefix(&k)) {
+                let (_, v) = kv.map_err(fail)?;
+                match codec::decode_outgoing(&v, start_unix) {
+                    Ok(o) => image.queue.push(o),
+                    Err(e) => {
+                        tracing::warn!("store: skipping an unreadable queued message ({e})");
+                        rec.unreadable += 1;
+                    }
+                }
+            }
+            if d.session_end.is_some_and(|at| at <= now) {
+                gone.push(k.to_vec());
+                rec.expired_sessions.push(image);
+            } else {
+                rec.sessions.push((image, d));
+            }
+        }
+        for k in gone {
+            end_session(&ks, &sessions, &queued, &k).map_err(fail)?;
+        }
         rec.took = started.elapsed();
         let (tx, rx) = sync_channel(o.queue.max(1));
         let failed = Arc::new(AtomicU64::new(0));
         let thread_failed = failed.clone();
         let handle = std::thread::Builder::new()
             .name("shardmq-store".into())
-            .spawn(move || run(ks, retained, rx, &thread_failed))
+            .spawn(move || {
+                let parts = Parts {
+                    retained,
+                    sessions,
+                    queued,
+                };
+                run(ks, parts, rx, &thread_failed)
+            })
             .map_err(|e| format!("cannot start the store thread: {e}"))?;
         Ok((Store { tx, failed }, rec, handle))
     }
@@ -203,6 +271,30 @@ impl Store {
         PendingWrite(Cmd::Retain {
             topic: topic.to_vec(),
             value,
+        })
+    }
+
+    /// A parked session's image (replacing what was stored for it).
+    pub fn pending_session(&self, client_id: &[u8], value: Vec<u8>) -> PendingWrite {
+        PendingWrite(Cmd::Session {
+            client_id: client_id.to_vec(),
+            value,
+        })
+    }
+
+    /// A message queued for a parked session, `seq` counting up from the image.
+    pub fn pending_queued(&self, client_id: &[u8], seq: u64, value: Vec<u8>) -> PendingWrite {
+        PendingWrite(Cmd::Queue {
+            client_id: client_id.to_vec(),
+            seq,
+            value,
+        })
+    }
+
+    /// The end of a session.
+    pub fn pending_end(&self, client_id: &[u8]) -> PendingWrite {
+        PendingWrite(Cmd::EndSession {
+            client_id: client_id.to_vec(),
         })
     }
 
@@ -243,22 +335,99 @@ impl Store {
     }
 }
 
+/// Removes, in `batch`, the messages queued for `client_id` (its image now holds them, or
+/// it ended): the committed ones, and those `appended` earlier in this batch.
+fn drop_queue(
+    queued: &PartitionHandle,
+    client_id: &[u8],
+    appended: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    batch: &mut fjall::Batch,
+) {
+    for (k, _) in queued.prefix(queue_prefix(client_id)).flatten() {
+        batch.remove(queued, k);
+    }
+    appended.retain(|(id, key)| {
+        if id == client_id {
+            batch.remove(queued, key.clone());
+            false
+        } else {
+            true
+        }
+    });
+}
+
 /// A write the store's channel had no room for, kept by the shard for a retry.
 #[derive(Debug)]
 pub struct PendingWrite(Cmd);
 
+/// The store's partitions, owned by its thread.
+struct Parts {
+    retained: PartitionHandle,
+    sessions: PartitionHandle,
+    queued: PartitionHandle,
+}
+
+/// The `queued` keys of a client: its id, a NUL (which no MQTT string holds), a sequence.
+fn queue_prefix(client_id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(client_id.len() + 9);
+    k.extend_from_slice(client_id);
+    k.push(0);
+    k
+}
+
+fn queue_key(client_id: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = queue_prefix(client_id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Forgets a session and its queue (at start-up, for one that expired while down).
+fn end_session(
+    ks: &Keyspace,
+    sessions: &PartitionHandle,
+    queued: &PartitionHandle,
+    client_id: &[u8],
+) -> fjall::Result<()> {
+    let mut batch = ks.batch();
+    batch.remove(sessions, client_id.to_vec());
+    for kv in queued.prefix(queue_prefix(client_id)) {
+        let (k, _) = kv?;
+        batch.remove(queued, k);
+    }
+    batch.commit()
+}
+
 /// The store thread: group commit of whatever the shards sent since the last batch.
-fn run(ks: Keyspace, retained: PartitionHandle, rx: Receiver<Cmd>, failed: &AtomicU64) {
+fn run(ks: Keyspace, p: Parts, rx: Receiver<Cmd>, failed: &AtomicU64) {
     while let Ok(first) = rx.recv() {
         let mut batch = ks.batch();
         let mut waiting = Vec::new();
+        // Appends of this batch, which `drop_queue` cannot see before the commit.
+        let mut appended: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut n = 0usize;
         let mut apply = |c: Cmd, batch: &mut fjall::Batch| match c {
             Cmd::Retain {
                 topic,
                 value: Some(v),
-            } => batch.insert(&retained, topic, v),
-            Cmd::Retain { topic, value: None } => batch.remove(&retained, topic),
+            } => batch.insert(&p.retained, topic, v),
+            Cmd::Retain { topic, value: None } => batch.remove(&p.retained, topic),
+            Cmd::Session { client_id, value } => {
+                drop_queue(&p.queued, &client_id, &mut appended, batch);
+                batch.insert(&p.sessions, client_id, value);
+            }
+            Cmd::Queue {
+                client_id,
+                seq,
+                value,
+            } => {
+                let key = queue_key(&client_id, seq);
+                batch.insert(&p.queued, key.clone(), value);
+                appended.push((client_id, key));
+            }
+            Cmd::EndSession { client_id } => {
+                drop_queue(&p.queued, &client_id, &mut appended, batch);
+                batch.remove(&p.sessions, client_id);
+            }
             Cmd::Sync(done) => waiting.push(done),
         };
         apply(first, &mut batch);
@@ -324,7 +493,7 @@ mod tests {
     fn retained_messages_survive_a_reopen_and_expired_ones_do_not() {
         let dir = temp("reopen");
         {
-            let (store, rec, thread) = Store::open(&options(&dir)).unwrap();
+            let (store, rec, thread) = Store::open(&options(&dir), 0).unwrap();
             assert!(rec.retained.is_empty());
             let a = retained("a", b"1");
             store
@@ -343,7 +512,7 @@ mod tests {
             drop(store);
             thread.join().unwrap();
         }
-        let (_store, rec, _thread) = Store::open(&options(&dir)).unwrap();
+        let (_store, rec, _thread) = Store::open(&options(&dir), 0).unwrap();
         let topics: Vec<&str> = rec.retained.iter().map(|(m, _)| m.topic.as_str()).collect();
         assert_eq!(topics, ["a"]);
         assert_eq!(rec.expired, 1);
@@ -361,11 +530,81 @@ mod tests {
             meta.insert("format", 7u32.to_be_bytes()).unwrap();
             ks.persist(PersistMode::SyncAll).unwrap();
         }
-        let e = Store::open(&options(&dir)).unwrap_err();
+        let e = Store::open(&options(&dir), 0).unwrap_err();
         assert!(
             e.contains("store format 7") && e.contains("reads format 1"),
             "{e}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn image(id: &'static str) -> SessionImage {
+        let s = crate::protocol::session::Session::new(
+            crate::protocol::Str::from(id),
+            Arc::new(Default::default()),
+        );
+        s.image()
+    }
+
+    fn queued(n: u8) -> Vec<u8> {
+        let m = Arc::new(retained("q", &[b'0'; 1]));
+        let mut m = (*m).clone();
+        m.publish.payload = bytes::Bytes::from(vec![n]);
+        let o = crate::protocol::session::Outgoing::restored(
+            Arc::new(m),
+            crate::protocol::QoS::AtLeastOnce,
+            false,
+            &[],
+            None,
+        );
+        codec::encode_outgoing(&o, 0)
+    }
+
+    fn reopen(dir: &Path) -> Recovered {
+        let (store, rec, thread) = Store::open(&options(dir), 0).unwrap();
+        drop(store);
+        thread.join().unwrap();
+        rec
+    }
+
+    #[test]
+    fn a_parked_session_keeps_its_image_and_what_was_queued_after_it() {
+        let dir = temp("sessions");
+        let write = |cmds: Vec<PendingWrite>| {
+            let (store, _, thread) = Store::open(&options(&dir), 0).unwrap();
+            for w in cmds {
+                store.retry(w).unwrap();
+            }
+            assert!(store.sync(Duration::from_secs(10)));
+            drop(store);
+            thread.join().unwrap();
+        };
+        let (store, _, thread) = Store::open(&options(&dir), 0).unwrap();
+        let d = codec::Deadlines::default();
+        let park = |id| store.pending_session(id, codec::encode_session(&image("a"), d, 0));
+        let first = vec![park(b"a"), store.pending_queued(b"a", 0, queued(1))];
+        let second = vec![store.pending_queued(b"a", 1, queued(2))];
+        // Parked again within one batch: the appends before it are folded into the image.
+        let third = vec![store.pending_queued(b"a", 2, queued(3)), park(b"a")];
+        let end = vec![store.pending_end(b"a")];
+        drop(store);
+        thread.join().unwrap();
+        write(first);
+        write(second);
+        let rec = reopen(&dir);
+        assert_eq!(rec.sessions.len(), 1);
+        let payloads: Vec<u8> = rec.sessions[0]
+            .0
+            .queue
+            .iter()
+            .map(|o| o.msg.payload[0])
+            .collect();
+        assert_eq!(payloads, [1, 2]);
+        write(third);
+        let rec = reopen(&dir);
+        assert!(rec.sessions[0].0.queue.is_empty());
+        write(end);
+        assert!(reopen(&dir).sessions.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
