@@ -417,3 +417,54 @@ fn a_session_that_expires_while_the_broker_is_down_is_gone_and_its_will_sent() {
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_connected_session_gets_back_what_it_had_not_acknowledged_after_kill_9() {
+    use shardmq::protocol::PubAck;
+    for shards in [1, 3] {
+        let dir = temp_dir("persist-live");
+        let mut b = start(shards, &dir);
+        let (mut s, _) = persistent(&b, Version::V3_1_1, "live-sub");
+        s.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![(
+                TopicFilter::from("q/#"),
+                SubscriptionOptions::qos(QoS::AtLeastOnce),
+            )],
+            properties: Default::default(),
+        }));
+        assert!(matches!(s.recv(), Some(Packet::SubAck(_))));
+        let mut p = client(&b, "publisher");
+        publish_numbered(&mut p, 10, QoS::AtLeastOnce, 1);
+        let mut unacked = Vec::new();
+        for i in 0..10 {
+            let Some(Packet::Publish(m)) = s.recv() else {
+                panic!("message {i}")
+            };
+            if i < 6 {
+                s.send(&Packet::PubAck(PubAck::new(m.packet_id)));
+            } else {
+                unacked.push(m.payload.to_vec());
+            }
+        }
+        // The PUBACKs are handled before the PINGRESP comes back.
+        s.send(&Packet::PingReq);
+        assert!(matches!(s.recv(), Some(Packet::PingResp)));
+        kill(&mut b, true);
+        drop((s, p, b));
+        let b = start(shards, &dir);
+        let (mut s, present) = persistent(&b, Version::V3_1_1, "live-sub");
+        assert!(present);
+        let mut got = receive(&mut s, 4);
+        got.sort();
+        unacked.sort();
+        assert_eq!(got, unacked, "exactly what was not acknowledged comes back");
+        s.send(&Packet::PingReq);
+        assert!(
+            matches!(s.recv(), Some(Packet::PingResp)),
+            "and nothing more"
+        );
+        drop(b);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

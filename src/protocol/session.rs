@@ -185,6 +185,9 @@ pub struct Grant<'a> {
     /// The shared subscription (`$share/...` filter) the message was chosen for, if any: it
     /// goes back to its group when this session leaves without acknowledging it.
     pub share: Option<&'a TopicFilter>,
+    /// The store's sequence number for this delivery to a persistent session (0: not kept in
+    /// the store); reported back by [`Session::drain_done`] when the delivery is complete.
+    pub seq: u64,
 }
 
 impl Grant<'static> {
@@ -195,6 +198,7 @@ impl Grant<'static> {
             retain,
             ids: &[],
             share: None,
+            seq: 0,
         }
     }
 }
@@ -288,8 +292,10 @@ pub struct Outgoing {
     /// RETAIN as the client sees it.
     pub retain: bool,
     /// Subscription Identifiers and shared group, boxed: most deliveries have neither, and
-    /// a window or queue entry stays three words.
+    /// a window or queue entry stays small.
     extra: Option<Box<OutExtra>>,
+    /// The store's sequence number of this delivery (0: not in the store).
+    pub seq: u64,
 }
 
 /// The rarer parts of an [`Outgoing`].
@@ -312,6 +318,7 @@ impl Outgoing {
             qos,
             retain: grant.retain,
             extra,
+            seq: grant.seq,
         }
     }
 
@@ -360,12 +367,14 @@ impl Outgoing {
         retain: bool,
         ids: &[u32],
         share: Option<TopicFilter>,
+        seq: u64,
     ) -> Self {
         let grant = Grant {
             qos,
             retain,
             ids,
             share: share.as_ref(),
+            seq,
         };
         Outgoing::new(msg, qos, grant)
     }
@@ -496,7 +505,13 @@ pub struct Session {
     /// The Reason String for the SUBACK being built (the first refused filter's).
     suback_why: Option<&'static str>,
     /// Window entries still to be resent after a reconnect (over the Receive Maximum).
-    replay_pending: VecDeque<u16>,
+    replay_pending: Vec<u16>,
+    /// Store sequence numbers of deliveries completed since the shard last looked.
+    done: Vec<u64>,
+    /// The next store sequence number for a delivery to this session.
+    store_seq: u64,
+    /// The store may hold records of this session (an image or deliveries).
+    image_stored: bool,
     tx: BytesMut,
     limits: Arc<SessionLimits>,
     /// What this session dropped so far.
@@ -527,7 +542,10 @@ impl Session {
             queued_bytes: 0,
             aliases: None,
             suback_why: None,
-            replay_pending: VecDeque::new(),
+            replay_pending: Vec::new(),
+            done: Vec::new(),
+            store_seq: 1,
+            image_stored: false,
             tx: BytesMut::new(),
             limits,
             drops: DropCounts::default(),
@@ -577,21 +595,76 @@ impl Session {
             s.inbound.restore(id);
         }
         for o in image.queue {
+            s.store_seq = s.store_seq.max(o.seq + 1);
             if s.queue.len() >= s.limits.max_queued_messages {
                 s.drops.queue_full += 1;
+                s.finished(Some(o));
                 continue;
             }
             s.queued_bytes += o.cost();
             s.queue.push_back(o);
         }
         s.delayed_will = image.will.map(Box::new);
+        s.image_stored = true;
         s
     }
 
-    /// The message [`deliver`](Self::deliver) just queued (to append it to the store for a
-    /// parked session).
-    pub fn last_queued(&self) -> Option<&Outgoing> {
-        self.queue.back()
+    /// Whether the store may hold records of this session (an image or deliveries): its end
+    /// must then be written too.
+    pub fn in_store(&self) -> bool {
+        self.image_stored
+    }
+
+    /// Notes that the store forgot this session (it is no longer persistent).
+    pub fn forget_store(&mut self) {
+        self.image_stored = false;
+    }
+
+    /// Notes that the store holds an image of this session.
+    pub fn mark_stored(&mut self) {
+        self.image_stored = true;
+    }
+
+    /// A new store sequence number for a delivery to this session (it moves with the
+    /// session, so numbers never repeat for its client id).
+    pub fn next_store_seq(&mut self) -> u64 {
+        self.image_stored = true;
+        let seq = self.store_seq;
+        self.store_seq += 1;
+        seq
+    }
+
+    /// Hands the shard the store sequence numbers of deliveries completed (acknowledged,
+    /// dropped, or given to another member) since the last call.
+    pub fn drain_done(&mut self, mut f: impl FnMut(u64)) {
+        for seq in self.done.drain(..) {
+            f(seq);
+        }
+    }
+
+    fn finished(&mut self, o: Option<Outgoing>) {
+        if let Some(o) = o.filter(|o| o.seq != 0) {
+            self.done.push(o.seq);
+        }
+    }
+
+    /// The session without its messages (subscriptions, expiry, unreleased incoming QoS 2
+    /// ids, delayed will): the store keeps each message as its own record.
+    pub fn image_meta(&self) -> SessionImage {
+        SessionImage {
+            client_id: self.client_id.clone(),
+            version: self.version,
+            expiry: self.expiry(),
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(f, s)| (f.clone(), *s))
+                .collect(),
+            inflight: Vec::new(),
+            inbound: self.inbound.ids().to_vec(),
+            queue: Vec::new(),
+            will: self.delayed_will.as_deref().cloned(),
+        }
     }
 
     /// The protocol version of the current (or last) connection.
@@ -802,7 +875,7 @@ impl Session {
                     self.encode_id_only(0x62, id);
                     sent += 1;
                 }
-                (_, Some(_)) if sent >= cap => self.replay_pending.push_back(id),
+                (_, Some(_)) if sent >= cap => self.replay_pending.push(id),
                 (_, Some(o)) => {
                     if self.encode_out(&o, true, id, now) {
                         sent += 1;
@@ -819,10 +892,13 @@ impl Session {
     /// A message in the window that can no longer be sent (too large for the client's new
     /// Maximum Packet Size): complete it as if delivered [MQTT-3.1.2-25].
     fn complete_unsendable(&mut self, id: u16, state: OutState) {
-        if state == OutState::AwaitPubRec {
-            self.out.pubrec_failed(id);
+        let outcome = if state == OutState::AwaitPubRec {
+            self.out.pubrec_failed(id)
         } else {
-            self.out.puback(id);
+            self.out.puback(id)
+        };
+        if let AckOutcome::Completed(o) = outcome {
+            self.finished(o);
         }
     }
 
@@ -830,12 +906,13 @@ impl Session {
     /// client's Receive Maximum), while fewer than Receive Maximum are outstanding.
     fn replay_more(&mut self, now: u32) {
         let cap = usize::from(self.out.capacity());
-        while let Some(&id) = self.replay_pending.front() {
+        while let Some(&id) = self.replay_pending.first() {
             // Saturating: the client may acknowledge an id it got before the reconnect.
             if self.out.len().saturating_sub(self.replay_pending.len()) >= cap {
                 return;
             }
-            self.replay_pending.pop_front();
+            // Rare (a reconnect with a smaller Receive Maximum) and short: a Vec will do.
+            self.replay_pending.remove(0);
             let entry = self
                 .out
                 .replay()
@@ -942,7 +1019,8 @@ impl Session {
         match packet {
             Packet::Publish(p) => self.publish_in(p, now, actions)?,
             Packet::PubAck(a) => {
-                if let AckOutcome::Completed(_) = self.out.puback(a.packet_id) {
+                if let AckOutcome::Completed(o) = self.out.puback(a.packet_id) {
+                    self.finished(o);
                     self.pump(now);
                 }
             }
@@ -954,10 +1032,16 @@ impl Session {
                     self.out.pubrec(a.packet_id)
                 };
                 match outcome {
-                    AckOutcome::SendPubRel(_) | AckOutcome::ResendPubRel => {
+                    AckOutcome::SendPubRel(o) => {
+                        // The client has the message: the store need not keep it.
+                        self.finished(Some(o));
                         self.encode_id_only(0x62, a.packet_id);
                     }
-                    AckOutcome::Completed(_) => self.pump(now),
+                    AckOutcome::ResendPubRel => self.encode_id_only(0x62, a.packet_id),
+                    AckOutcome::Completed(o) => {
+                        self.finished(o);
+                        self.pump(now);
+                    }
                     AckOutcome::Unknown if version.is_v5() && !failed => {
                         let mut rel = PubAck::new(a.packet_id);
                         rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
@@ -1563,10 +1647,13 @@ impl Session {
                 } else {
                     // Too large for the client: behave as if it had been delivered
                     // [MQTT-3.1.2-25].
-                    if qos2 {
-                        self.out.pubrec_failed(packet_id);
+                    let outcome = if qos2 {
+                        self.out.pubrec_failed(packet_id)
                     } else {
-                        self.out.puback(packet_id);
+                        self.out.puback(packet_id)
+                    };
+                    if let AckOutcome::Completed(o) = outcome {
+                        self.finished(o);
                     }
                     Delivered::Dropped
                 }
@@ -1599,6 +1686,7 @@ impl Session {
             self.queued_bytes -= o.cost();
             if o.msg.is_expired(now) {
                 self.drops.expired += 1;
+                self.finished(Some(o));
                 continue;
             }
             if o.qos == QoS::AtMostOnce {
@@ -1619,9 +1707,12 @@ impl Session {
         let mut taken = Vec::new();
         if self.queue.iter().any(|o| o.share().is_some()) {
             let mut kept = VecDeque::with_capacity(self.queue.len());
-            for o in self.queue.drain(..) {
+            for mut o in self.queue.drain(..) {
                 if o.share().is_some() {
                     self.queued_bytes -= o.cost();
+                    if o.seq != 0 {
+                        self.done.push(std::mem::take(&mut o.seq));
+                    }
                     taken.push(o);
                 } else {
                     kept.push_back(o);
@@ -1645,7 +1736,10 @@ impl Session {
             } else {
                 self.out.puback(id)
             };
-            if let AckOutcome::Completed(Some(o)) = outcome {
+            if let AckOutcome::Completed(Some(mut o)) = outcome {
+                if o.seq != 0 {
+                    self.done.push(std::mem::take(&mut o.seq));
+                }
                 taken.push(o);
             }
         }

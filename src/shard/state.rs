@@ -123,10 +123,6 @@ pub struct Entry {
     pub token: u64,
     /// The attached connection.
     pub conn: Option<Rc<ConnShared>>,
-    /// The store holds an image of this session (it was parked or recovered).
-    pub stored: bool,
-    /// Sequence of the next message appended to the store for this parked session.
-    pub store_seq: u64,
 }
 
 /// A connection waiting for its directory claim to be granted.
@@ -597,7 +593,7 @@ impl Shard {
         }
         if clean {
             self.requeue_shared(e.session.take_shared(true));
-            if e.stored {
+            if e.session.in_store() {
                 if let Some(store) = self.shared.store.clone() {
                     self.store_write(store.pending_end(e.session.client_id().as_bytes()));
                 }
@@ -623,13 +619,26 @@ impl Shard {
             self.index_sub(filter, slot, *sub);
         }
         self.by_id.insert(session.client_id().clone(), slot);
-        self.sessions.insert(Entry {
+        let connected = conn.is_some();
+        let slot = self.sessions.insert(Entry {
             session,
             token,
             conn,
-            stored: false,
-            store_seq: 0,
-        })
+        });
+        if connected {
+            if let Some(store) = self.shared.store.clone() {
+                let e = &mut self.sessions[slot];
+                if e.session.is_persistent() {
+                    self.store_image(slot, false);
+                } else if e.session.in_store() {
+                    // Resumed without persistence (Session Expiry 0): the stored one is gone.
+                    e.session.forget_store();
+                    let w = store.pending_end(e.session.client_id().as_bytes());
+                    self.store_write(w);
+                }
+            }
+        }
+        slot
     }
 
     /// The connection at `slot` with `token` ended. Publishes the will (when the session
@@ -671,6 +680,7 @@ impl Shard {
         let token = e.token;
         let taken = e.session.take_shared(false);
         self.requeue_shared(taken);
+        self.store_done(slot);
         self.store_park(slot);
         {
             let now = self.now;
@@ -703,7 +713,7 @@ impl Shard {
     /// unindexes it and releases its client id at the directory.
     fn end_session(&mut self, slot: usize) {
         let mut e = self.sessions.remove(slot);
-        if e.stored {
+        if e.session.in_store() {
             if let Some(store) = self.shared.store.clone() {
                 self.store_write(store.pending_end(e.session.client_id().as_bytes()));
             }
@@ -902,16 +912,10 @@ impl Shard {
                 &[]
             },
             share: Some(&group),
+            seq: 0,
         };
         let now = self.now;
-        if let Some(e) = self.sessions.get_mut(slot as usize) {
-            let outcome = e.session.deliver(&msg, grant, now);
-            self.stats.delivered += 1;
-            if let Some(c) = &e.conn {
-                c.wake_writer();
-            }
-            self.store_queued(slot as usize, outcome);
-        }
+        self.deliver_to(slot as usize, &msg, grant, now);
     }
 
     /// Gives the messages a leaving session held for shared subscriptions back to their
@@ -979,9 +983,13 @@ impl Shard {
         }
     }
 
-    /// Writes the image of the parked persistent session at `slot` (with its deadlines in
-    /// Unix seconds); what is queued for it from now on is appended after it.
+    /// Writes the image of the persistent session at `slot`: when it parks (with its
+    /// deadlines in Unix seconds), when it connects, and when its subscriptions change.
     fn store_park(&mut self, slot: usize) {
+        self.store_image(slot, true);
+    }
+
+    fn store_image(&mut self, slot: usize, parked: bool) {
         let Some(store) = self.shared.store.clone() else {
             return;
         };
@@ -990,43 +998,75 @@ impl Shard {
         let Some(e) = self.sessions.get_mut(slot) else {
             return;
         };
-        let image = e.session.image();
+        if !e.session.is_persistent() {
+            return;
+        }
+        let image = e.session.image_meta();
         let expiry = e.session.expiry();
+        // A connected session has no deadline yet: after a crash, its expiry counts from
+        // the restart.
         let d = crate::store::codec::Deadlines {
-            session_end: (expiry != u32::MAX).then(|| now_unix + u64::from(expiry)),
-            will_due: e.session.will_delay().map(|d| now_unix + u64::from(d)),
+            session_end: (parked && expiry != u32::MAX).then(|| now_unix + u64::from(expiry)),
+            will_due: if parked {
+                e.session.will_delay().map(|d| now_unix + u64::from(d))
+            } else {
+                None
+            },
         };
         let value = crate::store::codec::encode_session(&image, d, start_unix);
-        e.stored = true;
-        e.store_seq = 0;
+        e.session.mark_stored();
         let w = store.pending_session(image.client_id.as_bytes(), value);
         self.store_write(w);
     }
 
-    /// After a delivery to the session at `slot`: a message queued for a parked persistent
-    /// session is appended to the store.
-    fn store_queued(&mut self, slot: usize, outcome: Delivered) {
-        if outcome != Delivered::Queued {
-            return;
-        }
-        let Some(store) = self.shared.store.clone() else {
-            return;
-        };
-        let start_unix = self.shared.start_unix;
+    /// Delivers `msg` to the session at `slot` as `grant` says. A QoS ≥ 1 delivery to a
+    /// persistent session is also appended to the store (and removed when it completes,
+    /// see [`store_done`](Self::store_done)), so it survives a crash.
+    fn deliver_to(&mut self, slot: usize, msg: &Message, mut grant: Grant<'_>, now: u32) {
         let Some(e) = self.sessions.get_mut(slot) else {
             return;
         };
-        if e.conn.is_some() || !e.session.is_persistent() {
-            return;
+        let qos = msg.qos.min(grant.qos);
+        let keep =
+            qos != QoS::AtMostOnce && e.session.is_persistent() && self.shared.store.is_some();
+        if keep {
+            grant.seq = e.session.next_store_seq();
         }
-        let Some(o) = e.session.last_queued() else {
+        let outcome = e.session.deliver(msg, grant, now);
+        self.stats.delivered += 1;
+        if let Some(c) = &e.conn {
+            c.wake_writer();
+        }
+        if keep && outcome != Delivered::Dropped {
+            let value = crate::store::codec::encode_delivery(
+                msg,
+                qos,
+                grant.retain,
+                grant.ids,
+                grant.share,
+                self.shared.start_unix,
+            );
+            let client_id = e.session.client_id().clone();
+            if let Some(store) = self.shared.store.clone() {
+                self.store_write(store.pending_queued(client_id.as_bytes(), grant.seq, value));
+            }
+        }
+    }
+
+    /// Removes from the store the deliveries the session at `slot` completed.
+    fn store_done(&mut self, slot: usize) {
+        let Some(store) = self.shared.store.clone() else {
             return;
         };
-        let value = crate::store::codec::encode_outgoing(o, start_unix);
-        let seq = e.store_seq;
-        e.store_seq += 1;
-        let w = store.pending_queued(e.session.client_id().as_bytes(), seq, value);
-        self.store_write(w);
+        let Some(e) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        let mut seqs = Vec::new();
+        e.session.drain_done(|seq| seqs.push(seq));
+        if !seqs.is_empty() {
+            let w = store.pending_done(e.session.client_id().as_bytes(), seqs);
+            self.store_write(w);
+        }
     }
 
     /// Fills this shard with the persistent sessions the store recovered whose client ids
@@ -1100,7 +1140,8 @@ impl Shard {
                 continue;
             };
             let v5 = e.session.version().is_v5();
-            let outcome = if j == i + 1 {
+            let mut ids: SmallVec<[u32; 2]> = SmallVec::new();
+            let grant = if j == i + 1 {
                 // One subscription matched (the common case): no merging.
                 let sub = &matches[i].1;
                 i = j;
@@ -1108,7 +1149,7 @@ impl Shard {
                 if o.no_local && msg.origin == *e.session.client_id() {
                     continue;
                 }
-                let grant = Grant {
+                Grant {
                     qos: o.qos,
                     retain: o.retain_as_published && msg.retain && v5,
                     ids: if sub.id != 0 {
@@ -1117,11 +1158,10 @@ impl Shard {
                         &[]
                     },
                     share: None,
-                };
-                e.session.deliver(msg, grant, now)
+                    seq: 0,
+                }
             } else {
                 let mut grant: Option<Grant<'_>> = None;
-                let mut ids: SmallVec<[u32; 2]> = SmallVec::new();
                 for (_, sub) in &matches[i..j] {
                     let o = &sub.options;
                     if o.no_local && msg.origin == *e.session.client_id() {
@@ -1139,13 +1179,21 @@ impl Shard {
                     continue;
                 };
                 grant.ids = &ids;
-                e.session.deliver(msg, grant, now)
+                grant
             };
+            // A QoS ≥ 1 delivery to a persistent session goes through the store.
+            if e.session.is_persistent()
+                && msg.qos != QoS::AtMostOnce
+                && grant.qos != QoS::AtMostOnce
+                && self.shared.store.is_some()
+            {
+                self.deliver_to(slot as usize, msg, grant, now);
+                continue;
+            }
+            e.session.deliver(msg, grant, now);
             self.stats.delivered += 1;
-            match &e.conn {
-                Some(c) => c.wake_writer(),
-                None if outcome == Delivered::Queued => self.store_queued(slot as usize, outcome),
-                None => {}
+            if let Some(c) = &e.conn {
+                c.wake_writer();
             }
         }
         matches.clear();
@@ -1156,6 +1204,7 @@ impl Shard {
     /// Returns `Some(publish_will)` if the client sent DISCONNECT.
     pub fn apply(&mut self, slot: usize, actions: &mut Vec<Action>) -> Option<bool> {
         let mut disconnect = None;
+        let mut resubscribed = false;
         for action in actions.drain(..) {
             match action {
                 Action::Publish { msg, ack } => {
@@ -1172,6 +1221,7 @@ impl Shard {
                 } => {
                     self.index_sub(&filter, slot, sub);
                     self.subscribed.push((filter, sub, is_new));
+                    resubscribed = true;
                 }
                 Action::SubAck { packet_id, reasons } => {
                     let e = &mut self.sessions[slot];
@@ -1179,6 +1229,7 @@ impl Shard {
                     let mut subscribed = std::mem::take(&mut self.subscribed);
                     let now = self.now;
                     let mut expired: Vec<TopicName> = Vec::new();
+                    let mut found: Vec<Message> = Vec::new();
                     for (filter, sub, is_new) in subscribed.drain(..) {
                         let e = &mut self.sessions[slot];
                         if !e
@@ -1187,25 +1238,28 @@ impl Shard {
                         {
                             continue;
                         }
-                        let session = &mut e.session;
+                        self.retained.for_each_match(filter.as_bytes(), |_, m| {
+                            if m.is_expired(now) {
+                                expired.push(m.topic.clone());
+                            } else {
+                                found.push(m.clone());
+                            }
+                        });
                         let ids: &[u32] = if sub.id != 0 {
                             core::slice::from_ref(&sub.id)
                         } else {
                             &[]
                         };
-                        self.retained.for_each_match(filter.as_bytes(), |_, m| {
-                            if m.is_expired(now) {
-                                expired.push(m.topic.clone());
-                                return;
-                            }
+                        for m in found.drain(..) {
                             let grant = Grant {
                                 qos: sub.options.qos,
                                 retain: true,
                                 ids,
                                 share: None,
+                                seq: 0,
                             };
-                            session.deliver(m, grant, now);
-                        });
+                            self.deliver_to(slot, &m, grant, now);
+                        }
                     }
                     for topic in expired {
                         self.retained.set(topic.as_bytes(), None);
@@ -1213,8 +1267,17 @@ impl Shard {
                     }
                     self.subscribed = subscribed;
                 }
-                Action::Unsubscribe(filter) => self.unindex(&filter, slot),
+                Action::Unsubscribe(filter) => {
+                    self.unindex(&filter, slot);
+                    resubscribed = true;
+                }
                 Action::Disconnect { publish_will } => disconnect = Some(publish_will),
+            }
+        }
+        if self.shared.store.is_some() {
+            self.store_done(slot);
+            if resubscribed {
+                self.store_image(slot, false);
             }
         }
         disconnect

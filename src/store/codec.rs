@@ -170,24 +170,49 @@ fn to_broker(deadline_unix: u64, start_unix: u64) -> u32 {
 }
 
 fn put_outgoing(out: &mut BytesMut, o: &Outgoing, start_unix: u64) {
-    out.put_u8(o.qos as u8);
-    out.put_u8(u8::from(o.retain));
-    let ids = o.ids();
+    put_delivery(out, &o.msg, o.qos, o.retain, o.ids(), o.share(), start_unix);
+}
+
+fn put_delivery(
+    out: &mut BytesMut,
+    msg: &AppMessage,
+    qos: QoS,
+    retain: bool,
+    ids: &[u32],
+    share: Option<&TopicFilter>,
+    start_unix: u64,
+) {
+    out.put_u8(qos as u8);
+    out.put_u8(u8::from(retain));
     let ids = &ids[..ids.len().min(255)];
     out.put_u8(ids.len() as u8);
     for &id in ids {
         out.put_u32(id);
     }
-    let share = o.share().map_or(&[][..], |f| f.as_bytes());
+    let share = share.map_or(&[][..], |f| f.as_bytes());
     out.put_u16(share.len() as u16);
     out.put_slice(share);
-    let unix = o.msg.expires_at.map(|at| start_unix + u64::from(at));
-    let m = encode_message(&o.msg, unix);
+    let unix = msg.expires_at.map(|at| start_unix + u64::from(at));
+    let m = encode_message(msg, unix);
     out.put_u32(m.len() as u32);
     out.put_slice(&m);
 }
 
-fn read_outgoing(r: &mut Reader<'_>, start_unix: u64) -> Result<Outgoing, CorruptRecord> {
+/// Encodes one delivery to a persistent session (the `queued` partition) from its parts.
+pub fn encode_delivery(
+    msg: &AppMessage,
+    qos: QoS,
+    retain: bool,
+    ids: &[u32],
+    share: Option<&TopicFilter>,
+    start_unix: u64,
+) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(32 + msg.topic.len() + msg.payload.len());
+    put_delivery(&mut out, msg, qos, retain, ids, share, start_unix);
+    out.to_vec()
+}
+
+fn read_outgoing(r: &mut Reader<'_>, start_unix: u64, seq: u64) -> Result<Outgoing, CorruptRecord> {
     let qos = QoS::from_u8(r.u8()?).ok_or_else(|| r.bad("QoS 3"))?;
     let retain = r.u8()? != 0;
     let n = usize::from(r.u8()?);
@@ -208,7 +233,14 @@ fn read_outgoing(r: &mut Reader<'_>, start_unix: u64) -> Result<Outgoing, Corrup
     let len = r.u32()? as usize;
     let (mut m, at) = decode_message(r.take(len)?)?;
     m.expires_at = at.map(|at| to_broker(at, start_unix));
-    Ok(Outgoing::restored(Arc::new(m), qos, retain, &ids, share))
+    Ok(Outgoing::restored(
+        Arc::new(m),
+        qos,
+        retain,
+        &ids,
+        share,
+        seq,
+    ))
 }
 
 /// Encodes a message queued for a parked session (the `queued` partition).
@@ -218,13 +250,14 @@ pub fn encode_outgoing(o: &Outgoing, start_unix: u64) -> Vec<u8> {
     out.to_vec()
 }
 
-/// Decodes [`encode_outgoing`], on a broker whose clock started at `start_unix`.
-pub fn decode_outgoing(value: &[u8], start_unix: u64) -> Result<Outgoing, CorruptRecord> {
+/// Decodes [`encode_outgoing`] / [`encode_delivery`] (store sequence `seq`), on a broker
+/// whose clock started at `start_unix`.
+pub fn decode_outgoing(value: &[u8], start_unix: u64, seq: u64) -> Result<Outgoing, CorruptRecord> {
     let mut r = Reader {
         b: value,
         what: "queued message",
     };
-    let o = read_outgoing(&mut r, start_unix)?;
+    let o = read_outgoing(&mut r, start_unix, seq)?;
     if !r.b.is_empty() {
         return Err(r.bad("trailing bytes"));
     }
@@ -378,7 +411,7 @@ pub fn decode_session(
         };
         let o = match r.u8()? {
             0 => None,
-            _ => Some(read_outgoing(&mut r, start_unix)?),
+            _ => Some(read_outgoing(&mut r, start_unix, 0)?),
         };
         inflight.push((id, state, o));
     }
@@ -390,7 +423,7 @@ pub fn decode_session(
     let n = r.count(9)?;
     let mut queue = Vec::with_capacity(n);
     for _ in 0..n {
-        queue.push(read_outgoing(&mut r, start_unix)?);
+        queue.push(read_outgoing(&mut r, start_unix, 0)?);
     }
     let will = match r.u8()? {
         0 => None,
@@ -510,6 +543,7 @@ mod tests {
                         false,
                         &[7],
                         None,
+                        0,
                     )),
                 ),
                 (4, OutState::AwaitPubComp, None),
@@ -521,6 +555,7 @@ mod tests {
                 true,
                 &[],
                 Some(group),
+                0,
             )],
             will: Some(Will {
                 topic: "w".into(),
@@ -577,14 +612,12 @@ mod tests {
         // The subscription count, made absurd.
         huge[22..26].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(decode_session(b"x", &huge, 0).is_err());
-        let o = Outgoing::restored(Arc::new(message()), QoS::AtMostOnce, false, &[], None);
+        let o = Outgoing::restored(Arc::new(message()), QoS::AtMostOnce, false, &[], None, 0);
         let q = encode_outgoing(&o, 0);
         for n in 0..q.len() {
-            assert!(decode_outgoing(&q[..n], 0).is_err(), "prefix {n}");
+            assert!(decode_outgoing(&q[..n], 0, 1).is_err(), "prefix {n}");
         }
-        assert_eq!(
-            decode_outgoing(&q, 0).unwrap().msg.publish,
-            message().publish
-        );
+        let back = decode_outgoing(&q, 0, 7).unwrap();
+        assert_eq!((back.seq, &back.msg.publish), (7, &message().publish));
     }
 }

@@ -1,13 +1,14 @@
 //! Persistence: an embedded LSM store (fjall) on its own thread, so no shard ever waits for
 //! the disk (DESIGN.md invariant 1).
 //!
-//! What it keeps: the retained messages, and every persistent session as it was when its
-//! client went away (subscriptions, inflight window, unreleased incoming QoS 2 ids, queue,
-//! delayed will, expiry), plus each message queued for it while it stays away. A session that
-//! is connected is not rewritten on every change: after a crash it comes back as it was
-//! parked last, plus what was queued since, so messages sent during its last connection may
-//! be delivered again (at least once). `durability = "sync"` (acknowledging a QoS ≥ 1 PUBLISH
-//! only once it is committed) is the next step of issue 6 and is not built yet.
+//! What it keeps: the retained messages; every persistent session's image (subscriptions,
+//! expiry, unreleased incoming QoS 2 ids, delayed will), written when it parks; and each
+//! QoS ≥ 1 delivery to a persistent session, appended when it is queued or sent and removed
+//! when it completes (PUBACK, PUBREC, or dropped), connected or not. After a crash a session
+//! comes back with every delivery not yet complete, queued again (a QoS 1/2 message that was
+//! in flight is sent again with a new packet identifier). `durability = "sync"`
+//! (acknowledging a QoS ≥ 1 PUBLISH only once it is committed) is the next step of issue 6
+//! and is not built yet.
 //!
 //! ```text
 //!  shard 0 ─┐  try_send (bounded channel; a full one is retried from the shard's backlog)
@@ -60,9 +61,11 @@ enum Cmd {
         topic: Vec<u8>,
         value: Option<Vec<u8>>,
     },
-    /// Write a parked session's image (replacing it and the messages queued since).
+    /// Write a session's image (subscriptions, expiry, will: not its messages).
     Session { client_id: Vec<u8>, value: Vec<u8> },
-    /// Append a message queued for a parked session.
+    /// Deliveries to the session that are complete: forget them.
+    Done { client_id: Vec<u8>, seqs: Vec<u64> },
+    /// Append a delivery to a persistent session.
     Queue {
         client_id: Vec<u8>,
         seq: u64,
@@ -220,14 +223,24 @@ impl Store {
                 }
             };
             for kv in queued.prefix(queue_prefix(&k)) {
-                let (_, v) = kv.map_err(fail)?;
-                match codec::decode_outgoing(&v, start_unix) {
+                let (qk, v) = kv.map_err(fail)?;
+                let seq = qk
+                    .len()
+                    .checked_sub(8)
+                    .and_then(|i| <[u8; 8]>::try_from(&qk[i..]).ok())
+                    .map_or(0, u64::from_be_bytes);
+                match codec::decode_outgoing(&v, start_unix, seq) {
                     Ok(o) => image.queue.push(o),
                     Err(e) => {
                         tracing::warn!("store: skipping an unreadable queued message ({e})");
                         rec.unreadable += 1;
                     }
                 }
+            }
+            // Written while connected: the session is parked from now on.
+            let mut d = d;
+            if d.session_end.is_none() && image.expiry != u32::MAX {
+                d.session_end = Some(now + u64::from(image.expiry));
             }
             if d.session_end.is_some_and(|at| at <= now) {
                 gone.push(k.to_vec());
@@ -274,7 +287,15 @@ impl Store {
         })
     }
 
-    /// A parked session's image (replacing what was stored for it).
+    /// Deliveries to a persistent session that are complete.
+    pub fn pending_done(&self, client_id: &[u8], seqs: Vec<u64>) -> PendingWrite {
+        PendingWrite(Cmd::Done {
+            client_id: client_id.to_vec(),
+            seqs,
+        })
+    }
+
+    /// A persistent session's image (replacing what was stored for it).
     pub fn pending_session(&self, client_id: &[u8], value: Vec<u8>) -> PendingWrite {
         PendingWrite(Cmd::Session {
             client_id: client_id.to_vec(),
@@ -282,7 +303,7 @@ impl Store {
         })
     }
 
-    /// A message queued for a parked session, `seq` counting up from the image.
+    /// A delivery to a persistent session, under its store sequence number.
     pub fn pending_queued(&self, client_id: &[u8], seq: u64, value: Vec<u8>) -> PendingWrite {
         PendingWrite(Cmd::Queue {
             client_id: client_id.to_vec(),
@@ -411,9 +432,11 @@ fn run(ks: Keyspace, p: Parts, rx: Receiver<Cmd>, failed: &AtomicU64) {
                 value: Some(v),
             } => batch.insert(&p.retained, topic, v),
             Cmd::Retain { topic, value: None } => batch.remove(&p.retained, topic),
-            Cmd::Session { client_id, value } => {
-                drop_queue(&p.queued, &client_id, &mut appended, batch);
-                batch.insert(&p.sessions, client_id, value);
+            Cmd::Session { client_id, value } => batch.insert(&p.sessions, client_id, value),
+            Cmd::Done { client_id, seqs } => {
+                for seq in seqs {
+                    batch.remove(&p.queued, queue_key(&client_id, seq));
+                }
             }
             Cmd::Queue {
                 client_id,
@@ -543,7 +566,9 @@ mod tests {
             crate::protocol::Str::from(id),
             Arc::new(Default::default()),
         );
-        s.image()
+        let mut image = s.image();
+        image.expiry = u32::MAX;
+        image
     }
 
     fn queued(n: u8) -> Vec<u8> {
@@ -556,6 +581,7 @@ mod tests {
             false,
             &[],
             None,
+            0,
         );
         codec::encode_outgoing(&o, 0)
     }
@@ -568,7 +594,7 @@ mod tests {
     }
 
     #[test]
-    fn a_parked_session_keeps_its_image_and_what_was_queued_after_it() {
+    fn a_session_keeps_its_image_and_its_deliveries_until_they_complete() {
         let dir = temp("sessions");
         let write = |cmds: Vec<PendingWrite>| {
             let (store, _, thread) = Store::open(&options(&dir), 0).unwrap();
@@ -582,27 +608,34 @@ mod tests {
         let (store, _, thread) = Store::open(&options(&dir), 0).unwrap();
         let d = codec::Deadlines::default();
         let park = |id| store.pending_session(id, codec::encode_session(&image("a"), d, 0));
-        let first = vec![park(b"a"), store.pending_queued(b"a", 0, queued(1))];
-        let second = vec![store.pending_queued(b"a", 1, queued(2))];
-        // Parked again within one batch: the appends before it are folded into the image.
-        let third = vec![store.pending_queued(b"a", 2, queued(3)), park(b"a")];
+        let first = vec![
+            park(b"a"),
+            store.pending_queued(b"a", 1, queued(1)),
+            store.pending_queued(b"a", 2, queued(2)),
+        ];
+        // Delivery 1 completes; 3 arrives; the image is written again (parked again).
+        let second = vec![
+            store.pending_done(b"a", vec![1]),
+            store.pending_queued(b"a", 3, queued(3)),
+            park(b"a"),
+        ];
         let end = vec![store.pending_end(b"a")];
         drop(store);
         thread.join().unwrap();
         write(first);
-        write(second);
         let rec = reopen(&dir);
         assert_eq!(rec.sessions.len(), 1);
-        let payloads: Vec<u8> = rec.sessions[0]
+        let q: Vec<(u64, u8)> = rec.sessions[0]
             .0
             .queue
             .iter()
-            .map(|o| o.msg.payload[0])
+            .map(|o| (o.seq, o.msg.payload[0]))
             .collect();
-        assert_eq!(payloads, [1, 2]);
-        write(third);
+        assert_eq!(q, [(1, 1), (2, 2)]);
+        write(second);
         let rec = reopen(&dir);
-        assert!(rec.sessions[0].0.queue.is_empty());
+        let q: Vec<u64> = rec.sessions[0].0.queue.iter().map(|o| o.seq).collect();
+        assert_eq!(q, [2, 3]);
         write(end);
         assert!(reopen(&dir).sessions.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
