@@ -634,6 +634,12 @@ impl Session {
         seq
     }
 
+    /// Whether deliveries completed since the last [`drain_done`](Self::drain_done).
+    #[inline]
+    pub fn has_done(&self) -> bool {
+        !self.done.is_empty()
+    }
+
     /// Hands the shard the store sequence numbers of deliveries completed (acknowledged,
     /// dropped, or given to another member) since the last call.
     pub fn drain_done(&mut self, mut f: impl FnMut(u64)) {

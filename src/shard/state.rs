@@ -1055,6 +1055,13 @@ impl Shard {
 
     /// Removes from the store the deliveries the session at `slot` completed.
     fn store_done(&mut self, slot: usize) {
+        if !self
+            .sessions
+            .get(slot)
+            .is_some_and(|e| e.session.has_done())
+        {
+            return;
+        }
         let Some(store) = self.shared.store.clone() else {
             return;
         };
