@@ -41,6 +41,12 @@ fn every_message_scenario_delivers_and_checks() {
             1,
         ),
         (&["pairs", "-n", "2", "-q", "0", "-r", "2000"], 1),
+        // Persistent sessions: every delivery goes through the broker's store.
+        (&["pairs", "-n", "3", "-q", "1", "--persistent"], 1),
+        (
+            &["pairs", "-n", "3", "-q", "2", "--persistent", "--mqtt", "5"],
+            1,
+        ),
     ] {
         let mut all = args.to_vec();
         all.extend(["-d", "1", "--warmup", "0.2"]);

@@ -131,6 +131,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub keepalive: u16,
 
+    /// Persistent sessions for every client (3.1.1: Clean Session 0; 5.0: Session Expiry
+    /// 300 s), so the broker keeps their QoS 1/2 deliveries in its store.
+    #[arg(long)]
+    pub persistent: bool,
+
     /// User name for every client.
     #[arg(long, short = 'u')]
     pub username: Option<String>,

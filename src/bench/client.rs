@@ -155,6 +155,8 @@ pub struct Target {
     pub sources: Vec<IpAddr>,
     pub version: Version,
     pub keep_alive: u16,
+    /// Persistent sessions (Clean Session 0 / Session Expiry 300 s).
+    pub persistent: bool,
     pub username: Option<String>,
     pub password: Option<String>,
 }
@@ -229,9 +231,11 @@ pub async fn open(t: &Target, n: usize, client_id: &str) -> Result<(TcpStream, B
         .await
         .map_err(|e| format!("connect to {}: {e}", t.addr))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let connect = Packet::Connect(Box::new(Connect {
+    let mut connect = Packet::Connect(Box::new(Connect {
         version: t.version,
-        clean_start: true,
+        // 5.0 starts clean and keeps the session (expiry below); 3.x keeps it by Clean
+        // Session 0 (client ids are unique per run, so nothing old is resumed).
+        clean_start: !t.persistent || t.version.is_v5(),
         keep_alive: t.keep_alive,
         client_id: Str::new(Bytes::copy_from_slice(client_id.as_bytes()))
             .map_err(|e| e.to_string())?,
@@ -248,6 +252,9 @@ pub async fn open(t: &Target, n: usize, client_id: &str) -> Result<(TcpStream, B
             .map(|p| Bytes::copy_from_slice(p.as_bytes())),
         properties: Default::default(),
     }));
+    if let (true, Packet::Connect(c)) = (t.persistent && t.version.is_v5(), &mut connect) {
+        c.properties.session_expiry_interval = Some(300);
+    }
     send(
         &mut stream,
         connect.to_bytes(t.version).map_err(|e| e.to_string())?,

@@ -82,6 +82,7 @@ pub fn main(args: &BenchArgs) -> i32 {
         sources: args.source.clone(),
         version: plan.version,
         keep_alive: args.keepalive,
+        persistent: args.persistent,
         username: args.username.clone(),
         password: args.password.clone(),
     };

@@ -561,22 +561,13 @@ impl Session {
     /// buffer and the connection's topic aliases are not part of it).
     pub fn image(&self) -> SessionImage {
         SessionImage {
-            client_id: self.client_id.clone(),
-            version: self.version,
-            expiry: self.expiry(),
-            subscriptions: self
-                .subscriptions
-                .iter()
-                .map(|(f, s)| (f.clone(), *s))
-                .collect(),
             inflight: self
                 .out
                 .replay()
                 .map(|(id, state, o)| (id, state, o.cloned()))
                 .collect(),
-            inbound: self.inbound.ids().to_vec(),
             queue: self.queue.iter().cloned().collect(),
-            will: self.delayed_will.as_deref().cloned(),
+            ..self.image_meta()
         }
     }
 

@@ -381,17 +381,18 @@ async fn pump(shard: Rc<RefCell<Shard>>, shared: Arc<Shared>, id: usize) {
                 .borrow_mut()
                 .disconnect_all(ReasonCode::SERVER_SHUTTING_DOWN);
         }
-        let (n, overflow) = {
+        let (n, overflow, store_behind) = {
             let mut s = shard.borrow_mut();
             let n = s.pump(PUMP_BATCH);
             s.flush();
-            (n, s.overflow_len())
+            (n, s.overflow_len(), s.store_behind())
         };
         if n > 0 {
             yield_now().await;
             continue;
         }
-        if overflow > 0 {
+        // Rings to drain into full neighbours, or a store that is behind: retry shortly.
+        if overflow > 0 || store_behind {
             monoio::time::sleep(Duration::from_millis(1)).await;
             continue;
         }

@@ -298,10 +298,19 @@ impl Shard {
         self.overflow_len += 1;
     }
 
-    /// Whether publishers on this shard should stop reading (a ring to another shard is full
-    /// and its overflow holds messages).
+    /// Whether publishers on this shard should stop reading: a ring to another shard is full
+    /// and its overflow holds messages, or the store is behind (this shard's store backlog is
+    /// past half its bound), so the load slows to what the disk takes instead of the backlog
+    /// dropping writes.
     pub fn backpressured(&self) -> bool {
-        self.overflow_len > 0
+        self.overflow_len > 0 || self.store_behind()
+    }
+
+    /// Whether this shard's store backlog is past half `limits.store_queue`: the shard also
+    /// stops draining its inbound rings then (their deliveries to persistent sessions would
+    /// add writes), which fills the rings and so holds back the publishers on other shards.
+    pub fn store_behind(&self) -> bool {
+        self.store_backlog.len() > self.shared.config.limits.store_queue / 2
     }
 
     /// Publishes every staged batch with one store per ring and rings the doorbells (and
@@ -347,7 +356,15 @@ impl Shard {
     }
 
     /// Processes up to `max` envelopes per inbound ring plus the local queue. Returns how many.
+    /// While the store is behind, the rings are left to fill (see
+    /// [`store_behind`](Self::store_behind)).
     pub fn pump(&mut self, max: usize) -> usize {
+        if self.store_behind() {
+            self.retry_store();
+            if self.store_behind() {
+                return 0;
+            }
+        }
         let mut inbox = std::mem::take(&mut self.inbox);
         for c in &mut self.inbound {
             c.drain(max, |e| inbox.push(e));
@@ -978,7 +995,14 @@ impl Shard {
             if self.store_backlog.len() > shared.config.limits.store_queue {
                 self.store_backlog.pop_front();
                 self.stats.store_dropped += 1;
-                tracing::warn!(shard = self.id, "store backlog full: a write was dropped");
+                // Logged at 1, 2, 4, 8 … drops: a line per drop would flood the log.
+                if self.stats.store_dropped.is_power_of_two() {
+                    tracing::warn!(
+                        shard = self.id,
+                        dropped = self.stats.store_dropped,
+                        "store backlog full: writes dropped (the disk cannot keep up)"
+                    );
+                }
             }
         }
     }

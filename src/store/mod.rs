@@ -75,6 +75,8 @@ enum Cmd {
     EndSession { client_id: Vec<u8> },
     /// Commit and fsync everything before, then answer.
     Sync(std::sync::mpsc::Sender<()>),
+    /// An append whose completion came in the same batch: nothing to write.
+    Cancelled,
 }
 
 /// What start-up found in the store.
@@ -418,56 +420,63 @@ fn end_session(
     batch.commit()
 }
 
-/// The store thread: group commit of whatever the shards sent since the last batch.
+/// The store thread: group commit of whatever the shards sent since the last batch. A
+/// delivery appended and completed within one batch (a consumer that keeps up while the disk
+/// is behind) is written not at all.
 fn run(ks: Keyspace, p: Parts, rx: Receiver<Cmd>, failed: &AtomicU64) {
+    let mut cmds: Vec<Cmd> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
+        cmds.push(first);
+        while cmds.len() < MAX_BATCH {
+            let Ok(c) = rx.try_recv() else { break };
+            cmds.push(c);
+        }
+        cancel_completed(&mut cmds);
         let mut batch = ks.batch();
         let mut waiting = Vec::new();
         // Appends of this batch, which `drop_queue` cannot see before the commit.
         let mut appended: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut n = 0usize;
-        let mut apply = |c: Cmd, batch: &mut fjall::Batch| match c {
-            Cmd::Retain {
-                topic,
-                value: Some(v),
-            } => batch.insert(&p.retained, topic, v),
-            Cmd::Retain { topic, value: None } => batch.remove(&p.retained, topic),
-            Cmd::Session { client_id, value } => batch.insert(&p.sessions, client_id, value),
-            Cmd::Done { client_id, seqs } => {
-                for seq in seqs {
-                    batch.remove(&p.queued, queue_key(&client_id, seq));
+        for c in cmds.drain(..) {
+            match c {
+                Cmd::Retain {
+                    topic,
+                    value: Some(v),
+                } => batch.insert(&p.retained, topic, v),
+                Cmd::Retain { topic, value: None } => batch.remove(&p.retained, topic),
+                Cmd::Session { client_id, value } => batch.insert(&p.sessions, client_id, value),
+                Cmd::Done { client_id, seqs } => {
+                    for seq in seqs {
+                        batch.remove(&p.queued, queue_key(&client_id, seq));
+                    }
                 }
+                Cmd::Queue {
+                    client_id,
+                    seq,
+                    value,
+                } => {
+                    let key = queue_key(&client_id, seq);
+                    batch.insert(&p.queued, key.clone(), value);
+                    appended.push((client_id, key));
+                }
+                Cmd::EndSession { client_id } => {
+                    drop_queue(&p.queued, &client_id, &mut appended, &mut batch);
+                    batch.remove(&p.sessions, client_id);
+                }
+                Cmd::Cancelled => {}
+                Cmd::Sync(done) => waiting.push(done),
             }
-            Cmd::Queue {
-                client_id,
-                seq,
-                value,
-            } => {
-                let key = queue_key(&client_id, seq);
-                batch.insert(&p.queued, key.clone(), value);
-                appended.push((client_id, key));
-            }
-            Cmd::EndSession { client_id } => {
-                drop_queue(&p.queued, &client_id, &mut appended, batch);
-                batch.remove(&p.sessions, client_id);
-            }
-            Cmd::Sync(done) => waiting.push(done),
-        };
-        apply(first, &mut batch);
-        while n < MAX_BATCH {
-            let Ok(c) = rx.try_recv() else { break };
-            apply(c, &mut batch);
-            n += 1;
         }
         let writes = batch.len() as u64;
-        if let Err(e) = batch.commit() {
-            failed.fetch_add(writes, Ordering::Relaxed);
-            tracing::error!("store: a batch of {writes} writes failed: {e}");
-        }
-        // Hand the batch to the OS now (one write per batch): it survives the process being
-        // killed. The fsync comes from fjall's timer, or below when someone waits for it.
-        if let Err(e) = ks.persist(PersistMode::Buffer) {
-            tracing::error!("store: writing a batch to the OS failed: {e}");
+        if writes > 0 {
+            if let Err(e) = batch.commit() {
+                failed.fetch_add(writes, Ordering::Relaxed);
+                tracing::error!("store: a batch of {writes} writes failed: {e}");
+            }
+            // Hand the batch to the OS now (one write per batch): it survives the process
+            // being killed. The fsync comes from fjall's timer, or below when someone waits.
+            if let Err(e) = ks.persist(PersistMode::Buffer) {
+                tracing::error!("store: writing a batch to the OS failed: {e}");
+            }
         }
         if !waiting.is_empty() {
             if let Err(e) = ks.persist(PersistMode::SyncAll) {
@@ -481,6 +490,34 @@ fn run(ks: Keyspace, p: Parts, rx: Receiver<Cmd>, failed: &AtomicU64) {
     // Every shard is gone: make the last batches durable.
     if let Err(e) = ks.persist(PersistMode::SyncAll) {
         tracing::error!("store: final fsync failed: {e}");
+    }
+}
+
+/// Cancels, within one batch's commands, each append whose completion is in the same batch,
+/// and that completion: nothing needs to reach the disk for either.
+fn cancel_completed(cmds: &mut [Cmd]) {
+    use std::collections::HashMap;
+    let mut appended: HashMap<(Vec<u8>, u64), usize> = HashMap::new();
+    let mut cancel: Vec<usize> = Vec::new();
+    for (i, c) in cmds.iter_mut().enumerate() {
+        match c {
+            Cmd::Queue { client_id, seq, .. } => {
+                appended.insert((client_id.clone(), *seq), i);
+            }
+            Cmd::Done { client_id, seqs } => {
+                seqs.retain(|&seq| match appended.remove(&(client_id.clone(), seq)) {
+                    Some(j) => {
+                        cancel.push(j);
+                        false
+                    }
+                    None => true,
+                });
+            }
+            _ => {}
+        }
+    }
+    for j in cancel {
+        cmds[j] = Cmd::Cancelled;
     }
 }
 
@@ -639,5 +676,34 @@ mod tests {
         write(end);
         assert!(reopen(&dir).sessions.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_delivery_completed_within_its_batch_is_not_written() {
+        let q = |seq| Cmd::Queue {
+            client_id: b"a".to_vec(),
+            seq,
+            value: vec![seq as u8],
+        };
+        let mut cmds = vec![
+            q(1),
+            q(2),
+            Cmd::Done {
+                client_id: b"a".to_vec(),
+                seqs: vec![1, 7],
+            },
+            Cmd::Done {
+                client_id: b"b".to_vec(),
+                seqs: vec![2],
+            },
+        ];
+        cancel_completed(&mut cmds);
+        assert!(matches!(cmds[0], Cmd::Cancelled));
+        assert!(
+            matches!(cmds[1], Cmd::Queue { seq: 2, .. }),
+            "another client's 2 is not a's"
+        );
+        assert!(matches!(&cmds[2], Cmd::Done { seqs, .. } if seqs[..] == [7]));
+        assert!(matches!(&cmds[3], Cmd::Done { seqs, .. } if seqs[..] == [2]));
     }
 }
