@@ -90,6 +90,34 @@ impl Routes {
         self.change(filter, shard, true)
     }
 
+    /// Sets `shard`'s bit for many filters at once (start-up, with recovered sessions): the
+    /// wildcard trie is rebuilt once, not once per filter.
+    pub fn add_many<'a>(&self, filters: impl IntoIterator<Item = &'a [u8]>, shard: usize) {
+        debug_assert!(shard < MAX_SHARDS);
+        if shard >= MAX_SHARDS {
+            return;
+        }
+        let mut wild: Vec<&[u8]> = Vec::new();
+        for f in filters {
+            if is_wild(f) {
+                wild.push(f);
+            } else {
+                self.change(f, shard, true);
+            }
+        }
+        if wild.is_empty() {
+            return;
+        }
+        let bit = 1u64 << shard;
+        self.wild.rcu(|w| {
+            let mut masks = w.masks.clone();
+            for f in &wild {
+                *masks.entry((*f).into()).or_insert(0) |= bit;
+            }
+            Arc::new(Wild::with(masks))
+        });
+    }
+
     /// Clears `shard`'s bit for `filter`, removing the entry at mask 0. Returns true if the
     /// bit was set.
     pub fn remove(&self, filter: &[u8], shard: usize) -> bool {
@@ -188,6 +216,26 @@ mod tests {
         assert_eq!(r.exact_len(), 0, "mask 0 removes the entry");
         assert!(r.remove(b"#", 2));
         assert_eq!(r.lookup(b"a/b"), 0b0010);
+    }
+
+    #[test]
+    fn many_filters_at_once_match_like_one_by_one() {
+        let r = Routes::new();
+        r.add(b"a/+", 0);
+        let filters: Vec<Vec<u8>> = (0..1000).map(|i| format!("d/{i}/#").into_bytes()).collect();
+        r.add_many(
+            filters
+                .iter()
+                .map(|f| f.as_slice())
+                .chain([&b"e/x"[..], b"a/+"]),
+            1,
+        );
+        assert_eq!(r.lookup(b"d/7/cmd"), 0b10);
+        assert_eq!(r.lookup(b"e/x"), 0b10);
+        assert_eq!(r.lookup(b"a/z"), 0b11);
+        assert_eq!((r.exact_len(), r.wildcard_len()), (1, 1001));
+        assert!(r.remove(b"d/7/#", 1));
+        assert_eq!(r.lookup(b"d/7/cmd"), 0);
     }
 
     #[test]

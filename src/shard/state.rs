@@ -153,6 +153,9 @@ pub struct Shard {
     shared_next: usize,
     /// Store writes its channel had no room for, retried on every flush.
     store_backlog: VecDeque<crate::store::PendingWrite>,
+    /// While seeding recovered sessions: first-subscriber filters whose routes are added in
+    /// one go afterwards (adding wildcard routes one by one is quadratic).
+    deferred_routes: Option<Vec<TopicFilter>>,
     retained: RetainedStore<Message>,
     /// Sessions on this shard.
     pub sessions: Slab<Entry>,
@@ -230,6 +233,7 @@ impl Shard {
             timers: BinaryHeap::new(),
             shared_next: 0,
             store_backlog: VecDeque::new(),
+            deferred_routes: None,
             sessions: Slab::new(),
             by_id: AHashMap::new(),
             directory: AHashMap::new(),
@@ -551,7 +555,12 @@ impl Shard {
             return;
         }
         if self.index.insert(filter.as_bytes(), slot as u32, sub).first {
-            self.shared.routes.add(filter.as_bytes(), self.id);
+            match &mut self.deferred_routes {
+                Some(later) => later.push(filter.clone()),
+                None => {
+                    self.shared.routes.add(filter.as_bytes(), self.id);
+                }
+            }
         }
     }
 
@@ -1101,10 +1110,11 @@ impl Shard {
     }
 
     /// Fills this shard with the persistent sessions the store recovered whose client ids
-    /// this shard's directory partition owns: parked, with their timers, and written back at
-    /// once (so appends start afresh after the image).
+    /// this shard's directory partition owns: parked, with their timers (their images and
+    /// deliveries are in the store already), and their routes added in one go.
     pub fn seed_sessions(&mut self, sessions: Vec<(SessionImage, crate::store::codec::Deadlines)>) {
         let start_unix = self.shared.start_unix;
+        self.deferred_routes = Some(Vec::new());
         for (image, d) in sessions {
             let client_id = image.client_id.clone();
             let session = Box::new(Session::from_image(image, self.limits.clone()));
@@ -1120,7 +1130,11 @@ impl Shard {
                 self.timers
                     .push(Reverse((at(due), token, slot, Timer::Will)));
             }
-            self.store_park(slot);
+        }
+        if let Some(filters) = self.deferred_routes.take() {
+            self.shared
+                .routes
+                .add_many(filters.iter().map(|f| f.as_bytes()), self.id);
         }
     }
 
