@@ -1077,7 +1077,7 @@ impl Session {
                 let mut reasons = Vec::with_capacity(s.filters.len());
                 let mut why = None;
                 for (filter, options) in s.filters {
-                    let r = self.subscribe_one(filter, options, id, actions)?;
+                    let r = self.subscribe_one(filter, options, id, actions);
                     if let Err(e) = &r {
                         why.get_or_insert(*e);
                     }
@@ -1342,42 +1342,34 @@ impl Session {
         let _ = p.encode(self.version, &mut self.tx);
     }
 
-    /// One SUBSCRIBE entry: `Ok(Ok(granted QoS))`, `Ok(Err(refusal))`, or `Err` for a
-    /// protocol violation that ends the connection.
+    /// One SUBSCRIBE entry (the packet's protocol rules were checked in `handle`): the
+    /// granted QoS, or why it is refused.
     fn subscribe_one(
         &mut self,
         filter: TopicFilter,
         options: SubscriptionOptions,
         id: Option<u32>,
         actions: &mut Vec<Action>,
-    ) -> Result<Result<ReasonCode, Refusal>, Error> {
+    ) -> Result<ReasonCode, Refusal> {
         let v5 = self.version.is_v5();
         let l = &self.limits;
         // 3.x has one failure code, 0x80.
         let fail = |code: ReasonCode, why: &'static str| {
-            Ok(Err((
+            Err((
                 if v5 {
                     code
                 } else {
                     ReasonCode::UNSPECIFIED_ERROR
                 },
                 why,
-            )))
+            ))
         };
         let shared = filter.shared().is_some();
-        if shared {
-            if !l.shared_subscriptions {
-                return fail(
-                    ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
-                    "shared subscriptions are disabled on this broker",
-                );
-            }
-            if options.no_local {
-                return Err(Error::protocol(
-                    "MQTT-3.8.3-4",
-                    "No Local set on a shared subscription",
-                ));
-            }
+        if shared && !l.shared_subscriptions {
+            return fail(
+                ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+                "shared subscriptions are disabled on this broker",
+            );
         }
         if !l.wildcard_subscriptions && filter.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
             return fail(
@@ -1419,7 +1411,7 @@ impl Session {
             is_new,
         });
         // Granted QoS 0, 1 or 2 are reason codes 0x00, 0x01, 0x02.
-        Ok(Ok(ReasonCode(options.qos as u8)))
+        Ok(ReasonCode(options.qos as u8))
     }
 
     /// Encodes the SUBACK for a SUBSCRIBE whose routes are now visible.

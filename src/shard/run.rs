@@ -84,6 +84,26 @@ impl Broker {
     }
 }
 
+/// The mesh of `n` shards: one ring per ordered pair. `outs[a][b]` sends from `a` to `b`
+/// (`None` for `a == b`); `ins[b]` are the rings `b` receives on.
+pub(crate) type Outs = Vec<Vec<Option<Producer<Envelope>>>>;
+
+/// Builds [`Outs`] and the matching consumers, rings of `capacity` slots.
+pub(crate) fn full_mesh(n: usize, capacity: usize) -> (Outs, Vec<Vec<Consumer<Envelope>>>) {
+    let mut outs: Outs = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut ins: Vec<Vec<Consumer<Envelope>>> = (0..n).map(|_| Vec::new()).collect();
+    for (from, row) in outs.iter_mut().enumerate() {
+        for (to, slot) in row.iter_mut().enumerate() {
+            if from != to {
+                let (p, c) = channel(capacity);
+                *slot = Some(p);
+                ins[to].push(c);
+            }
+        }
+    }
+    (outs, ins)
+}
+
 /// What a shard starts with from the store.
 struct Seed {
     /// Every retained message (each shard keeps a replica).
@@ -182,19 +202,7 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
         }
     }
 
-    // One ring per ordered pair of shards.
-    let mut outs: Vec<Vec<Option<Producer<Envelope>>>> =
-        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut ins: Vec<Vec<Consumer<Envelope>>> = (0..n).map(|_| Vec::new()).collect();
-    for (from, row) in outs.iter_mut().enumerate() {
-        for (to, slot) in row.iter_mut().enumerate() {
-            if from != to {
-                let (p, c) = channel(config.limits.ring_capacity);
-                *slot = Some(p);
-                ins[to].push(c);
-            }
-        }
-    }
+    let (outs, ins) = full_mesh(n, config.limits.ring_capacity);
 
     let shared = Arc::new(Shared {
         routes: Routes::new(),

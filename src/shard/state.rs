@@ -26,6 +26,7 @@ use crate::protocol::session::{
     SessionLimits, Subscription,
 };
 use crate::protocol::{Properties, Publish, QoS, ReasonCode, Str, TopicFilter, TopicName, Will};
+use crate::store::PendingWrite;
 
 /// Wakes a parked shard's mesh pump from another shard's thread.
 #[derive(Debug, Default)]
@@ -620,9 +621,7 @@ impl Shard {
         if clean {
             self.requeue_shared(e.session.take_shared(true));
             if e.session.in_store() {
-                if let Some(store) = self.shared.store.clone() {
-                    self.store_write(store.pending_end(e.session.client_id().as_bytes()));
-                }
+                self.store_write(PendingWrite::end(e.session.client_id().as_bytes()));
             }
         }
         e.session
@@ -651,17 +650,15 @@ impl Shard {
             token,
             conn,
         });
-        if connected {
-            if let Some(store) = self.shared.store.clone() {
-                let e = &mut self.sessions[slot];
-                if e.session.is_persistent() {
-                    self.store_image(slot, false);
-                } else if e.session.in_store() {
-                    // Resumed without persistence (Session Expiry 0): the stored one is gone.
-                    e.session.forget_store();
-                    let w = store.pending_end(e.session.client_id().as_bytes());
-                    self.store_write(w);
-                }
+        if connected && self.shared.store.is_some() {
+            let e = &mut self.sessions[slot];
+            if e.session.is_persistent() {
+                self.store_image(slot, false);
+            } else if e.session.in_store() {
+                // Resumed without persistence (Session Expiry 0): the stored one is gone.
+                e.session.forget_store();
+                let w = PendingWrite::end(e.session.client_id().as_bytes());
+                self.store_write(w);
             }
         }
         slot
@@ -740,9 +737,7 @@ impl Shard {
     fn end_session(&mut self, slot: usize) {
         let mut e = self.sessions.remove(slot);
         if e.session.in_store() {
-            if let Some(store) = self.shared.store.clone() {
-                self.store_write(store.pending_end(e.session.client_id().as_bytes()));
-            }
+            self.store_write(PendingWrite::end(e.session.client_id().as_bytes()));
         }
         self.by_id.remove(e.session.client_id());
         if let Some(will) = e.session.take_delayed_will() {
@@ -972,36 +967,34 @@ impl Shard {
     /// Writes a retained message (or its deletion) to the store; the publishing shard does
     /// this once, the replicas do not.
     fn store_retained(&mut self, topic: &[u8], msg: Option<&Message>) {
-        let shared = self.shared.clone();
-        let Some(store) = &shared.store else {
+        if self.shared.store.is_none() {
             return;
-        };
+        }
+        let start_unix = self.shared.start_unix;
         let value = msg.map(|m| {
-            let unix = m.expires_at.map(|at| shared.start_unix + u64::from(at));
+            let unix = m.expires_at.map(|at| start_unix + u64::from(at));
             crate::store::codec::encode_message(m, unix)
         });
-        self.store_write(store.pending_retained(topic, value));
+        self.store_write(PendingWrite::retained(topic, value));
     }
 
     /// Hands a write to the store without waiting: behind a backlog it waits its turn (a
     /// later write must not overtake an earlier one); a full channel keeps it in the backlog,
     /// which past `limits.store_queue` drops its oldest (counted, logged).
-    fn store_write(&mut self, w: crate::store::PendingWrite) {
-        let shared = self.shared.clone();
-        let Some(store) = &shared.store else {
+    fn store_write(&mut self, w: PendingWrite) {
+        if self.shared.store.is_none() {
             return;
-        };
+        }
         if !self.store_backlog.is_empty() {
             self.retry_store();
         }
-        let write = if self.store_backlog.is_empty() {
-            store.retry(w)
-        } else {
-            Err(w)
+        let write = match &self.shared.store {
+            Some(store) if self.store_backlog.is_empty() => store.retry(w),
+            _ => Err(w),
         };
         if let Err(w) = write {
             self.store_backlog.push_back(w);
-            if self.store_backlog.len() > shared.config.limits.store_queue {
+            if self.store_backlog.len() > self.shared.config.limits.store_queue {
                 self.store_backlog.pop_front();
                 self.stats.store_dropped += 1;
                 // Logged at 1, 2, 4, 8 … drops: a line per drop would flood the log.
@@ -1023,9 +1016,9 @@ impl Shard {
     }
 
     fn store_image(&mut self, slot: usize, parked: bool) {
-        let Some(store) = self.shared.store.clone() else {
+        if self.shared.store.is_none() {
             return;
-        };
+        }
         let start_unix = self.shared.start_unix;
         let now_unix = start_unix + u64::from(self.now);
         let Some(e) = self.sessions.get_mut(slot) else {
@@ -1048,7 +1041,7 @@ impl Shard {
         };
         let value = crate::store::codec::encode_session(&image, d, start_unix);
         e.session.mark_stored();
-        let w = store.pending_session(image.client_id.as_bytes(), value);
+        let w = PendingWrite::session(image.client_id.as_bytes(), value);
         self.store_write(w);
     }
 
@@ -1079,10 +1072,8 @@ impl Shard {
                 grant.share,
                 self.shared.start_unix,
             );
-            let client_id = e.session.client_id().clone();
-            if let Some(store) = self.shared.store.clone() {
-                self.store_write(store.pending_queued(client_id.as_bytes(), grant.seq, value));
-            }
+            let w = PendingWrite::queued(e.session.client_id().as_bytes(), grant.seq, value);
+            self.store_write(w);
         }
     }
 
@@ -1095,16 +1086,13 @@ impl Shard {
         {
             return;
         }
-        let Some(store) = self.shared.store.clone() else {
-            return;
-        };
         let Some(e) = self.sessions.get_mut(slot) else {
             return;
         };
         let mut seqs = Vec::new();
         e.session.drain_done(|seq| seqs.push(seq));
         if !seqs.is_empty() {
-            let w = store.pending_done(e.session.client_id().as_bytes(), seqs);
+            let w = PendingWrite::done(e.session.client_id().as_bytes(), seqs);
             self.store_write(w);
         }
     }

@@ -281,46 +281,6 @@ impl Store {
         })
     }
 
-    /// A retained-message write to keep in a backlog, unsent.
-    pub fn pending_retained(&self, topic: &[u8], value: Option<Vec<u8>>) -> PendingWrite {
-        PendingWrite(Cmd::Retain {
-            topic: topic.to_vec(),
-            value,
-        })
-    }
-
-    /// Deliveries to a persistent session that are complete.
-    pub fn pending_done(&self, client_id: &[u8], seqs: Vec<u64>) -> PendingWrite {
-        PendingWrite(Cmd::Done {
-            client_id: client_id.to_vec(),
-            seqs,
-        })
-    }
-
-    /// A persistent session's image (replacing what was stored for it).
-    pub fn pending_session(&self, client_id: &[u8], value: Vec<u8>) -> PendingWrite {
-        PendingWrite(Cmd::Session {
-            client_id: client_id.to_vec(),
-            value,
-        })
-    }
-
-    /// A delivery to a persistent session, under its store sequence number.
-    pub fn pending_queued(&self, client_id: &[u8], seq: u64, value: Vec<u8>) -> PendingWrite {
-        PendingWrite(Cmd::Queue {
-            client_id: client_id.to_vec(),
-            seq,
-            value,
-        })
-    }
-
-    /// The end of a session.
-    pub fn pending_end(&self, client_id: &[u8]) -> PendingWrite {
-        PendingWrite(Cmd::EndSession {
-            client_id: client_id.to_vec(),
-        })
-    }
-
     /// Retries a write the channel had no room for.
     pub fn retry(&self, w: PendingWrite) -> Result<(), PendingWrite> {
         self.send(w.0)
@@ -379,9 +339,52 @@ fn drop_queue(
     });
 }
 
-/// A write the store's channel had no room for, kept by the shard for a retry.
+/// A write for the store, built by a shard and handed over with [`Store::retry`] (or kept
+/// in the shard's backlog while the channel is full).
 #[derive(Debug)]
 pub struct PendingWrite(Cmd);
+
+impl PendingWrite {
+    /// A retained-message write to keep in a backlog, unsent.
+    pub fn retained(topic: &[u8], value: Option<Vec<u8>>) -> PendingWrite {
+        PendingWrite(Cmd::Retain {
+            topic: topic.to_vec(),
+            value,
+        })
+    }
+
+    /// Deliveries to a persistent session that are complete.
+    pub fn done(client_id: &[u8], seqs: Vec<u64>) -> PendingWrite {
+        PendingWrite(Cmd::Done {
+            client_id: client_id.to_vec(),
+            seqs,
+        })
+    }
+
+    /// A persistent session's image (replacing what was stored for it).
+    pub fn session(client_id: &[u8], value: Vec<u8>) -> PendingWrite {
+        PendingWrite(Cmd::Session {
+            client_id: client_id.to_vec(),
+            value,
+        })
+    }
+
+    /// A delivery to a persistent session, under its store sequence number.
+    pub fn queued(client_id: &[u8], seq: u64, value: Vec<u8>) -> PendingWrite {
+        PendingWrite(Cmd::Queue {
+            client_id: client_id.to_vec(),
+            seq,
+            value,
+        })
+    }
+
+    /// The end of a session.
+    pub fn end(client_id: &[u8]) -> PendingWrite {
+        PendingWrite(Cmd::EndSession {
+            client_id: client_id.to_vec(),
+        })
+    }
+}
 
 /// The store's partitions, owned by its thread.
 struct Parts {
@@ -644,19 +647,19 @@ mod tests {
         };
         let (store, _, thread) = Store::open(&options(&dir), 0).unwrap();
         let d = codec::Deadlines::default();
-        let park = |id| store.pending_session(id, codec::encode_session(&image("a"), d, 0));
+        let park = |id| PendingWrite::session(id, codec::encode_session(&image("a"), d, 0));
         let first = vec![
             park(b"a"),
-            store.pending_queued(b"a", 1, queued(1)),
-            store.pending_queued(b"a", 2, queued(2)),
+            PendingWrite::queued(b"a", 1, queued(1)),
+            PendingWrite::queued(b"a", 2, queued(2)),
         ];
         // Delivery 1 completes; 3 arrives; the image is written again (parked again).
         let second = vec![
-            store.pending_done(b"a", vec![1]),
-            store.pending_queued(b"a", 3, queued(3)),
+            PendingWrite::done(b"a", vec![1]),
+            PendingWrite::queued(b"a", 3, queued(3)),
             park(b"a"),
         ];
-        let end = vec![store.pending_end(b"a")];
+        let end = vec![PendingWrite::end(b"a")];
         drop(store);
         thread.join().unwrap();
         write(first);

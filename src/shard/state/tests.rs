@@ -1,23 +1,11 @@
 //! Unit tests of the shard logic without sockets: several `Shard`s joined by real mesh
 //! rings, sessions installed without connections, envelopes pumped by hand.
 use super::*;
-use crate::mesh::channel;
 use crate::protocol::packet::{Connect, Packet, Subscribe, SubscriptionOptions, Version};
 use bytes::Bytes;
 
 fn shards(n: usize) -> Vec<Shard> {
-    let mut outs: Vec<Vec<Option<Producer<Envelope>>>> =
-        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut ins: Vec<Vec<Consumer<Envelope>>> = (0..n).map(|_| Vec::new()).collect();
-    for (from, row) in outs.iter_mut().enumerate() {
-        for (to, slot) in row.iter_mut().enumerate() {
-            if from != to {
-                let (p, c) = channel(1024);
-                *slot = Some(p);
-                ins[to].push(c);
-            }
-        }
-    }
+    let (outs, ins) = crate::shard::run::full_mesh(n, 1024);
     let shared = Arc::new(Shared {
         config: Config::default(),
         routes: Routes::new(),
