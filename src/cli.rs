@@ -42,6 +42,12 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// When a QoS 1/2 PUBLISH to a persistent session is acknowledged: sync = once its
+    /// writes are fsynced; relaxed = at once, fsynced every commit_interval_ms
+    /// (persistence.durability).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub durability: Option<crate::config::Durability>,
+
     /// I/O driver: auto tries io_uring and falls back to epoll.
     #[arg(long, value_enum, value_name = "DRIVER")]
     pub io_driver: Option<IoDriver>,
@@ -111,6 +117,9 @@ impl Cli {
         }
         if let Some(d) = &self.data_dir {
             config.persistence.data_dir = d.clone();
+        }
+        if let Some(d) = self.durability {
+            config.persistence.durability = d;
         }
         if let Some(d) = self.io_driver {
             config.io_driver = d;

@@ -83,12 +83,12 @@ impl Default for Persistence {
 }
 
 /// How durable a write must be before the broker moves on.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Written to the OS at once, fsynced on an interval.
     Relaxed,
-    /// Committed and fsynced before a QoS ≥ 1 PUBLISH is acknowledged (not built yet).
+    /// Committed and fsynced before a QoS ≥ 1 PUBLISH is acknowledged.
     Sync,
 }
 
@@ -309,9 +309,6 @@ impl Config {
                 "limits.receive_maximum: must be at least 1 (MQTT 5.0 Receive Maximum cannot be 0)"
                     .into(),
             );
-        }
-        if self.persistence.durability == Durability::Sync {
-            return Err("persistence.durability: \"sync\" (acknowledge only after commit) is not built yet; use \"relaxed\"".into());
         }
         if self.persistence.commit_interval_ms == 0 {
             return Err("persistence.commit_interval_ms: must be at least 1".into());

@@ -468,3 +468,242 @@ fn a_connected_session_gets_back_what_it_had_not_acknowledged_after_kill_9() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// A small xorshift generator: the kill points vary per run, and the seed is printed so a
+/// failing run can be repeated (`SHARDMQ_CRASH_SEED`).
+struct Rng(u64);
+
+impl Rng {
+    fn from_env_or_time() -> Rng {
+        let seed = std::env::var("SHARDMQ_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("kill points from SHARDMQ_CRASH_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Publishes numbered messages (every third at QoS 2, the others at QoS 1) in windows of 16
+/// until the connection dies; returns the numbers the broker acknowledged (PUBACK, or
+/// PUBREC: from then on the broker owns a QoS 2 message) and how many were sent.
+fn publish_until_killed(addr: std::net::SocketAddr, first: u64) -> (Vec<u64>, u64) {
+    use shardmq::protocol::PubAck;
+    use std::collections::HashMap;
+    let mut raw = Raw::connect(addr, Version::V3_1_1);
+    let mut acked = Vec::new();
+    if !raw.try_send(&connect_packet(Version::V3_1_1, "crash-pub", true, 30)) {
+        return (acked, first);
+    }
+    if !matches!(raw.try_recv(), Some(Packet::ConnAck(_))) {
+        return (acked, first);
+    }
+    let mut n = first;
+    loop {
+        let mut inflight: HashMap<u16, u64> = HashMap::new();
+        let mut releasing = 0usize;
+        for _ in 0..16 {
+            let id = (n % 60_000 + 1) as u16;
+            let qos = if n % 3 == 0 {
+                QoS::ExactlyOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            let p = Publish {
+                qos,
+                topic: "crash/t".into(),
+                packet_id: id,
+                payload: Bytes::from(n.to_string()),
+                ..Default::default()
+            };
+            n += 1;
+            if !raw.try_send(&Packet::Publish(p)) {
+                return (acked, n);
+            }
+            inflight.insert(id, n - 1);
+        }
+        while !inflight.is_empty() || releasing > 0 {
+            match raw.try_recv() {
+                Some(Packet::PubAck(a)) => acked.extend(inflight.remove(&a.packet_id)),
+                Some(Packet::PubRec(a)) => {
+                    acked.extend(inflight.remove(&a.packet_id));
+                    releasing += 1;
+                    if !raw.try_send(&Packet::PubRel(PubAck::new(a.packet_id))) {
+                        return (acked, n);
+                    }
+                }
+                Some(Packet::PubComp(_)) => releasing -= 1,
+                Some(other) => panic!("publisher got {other:?}"),
+                None => return (acked, n),
+            }
+        }
+    }
+}
+
+/// Takes everything a persistent session has queued (until 2 s of silence), completing each
+/// message's QoS flow; returns the payloads as numbers, in arrival order.
+fn drain(raw: &mut Raw) -> Vec<u64> {
+    use shardmq::protocol::PubAck;
+    raw.stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(p) = raw.try_recv() {
+        match p {
+            Packet::Publish(p) => {
+                match p.qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => raw.send(&Packet::PubAck(PubAck::new(p.packet_id))),
+                    QoS::ExactlyOnce => raw.send(&Packet::PubRec(PubAck::new(p.packet_id))),
+                }
+                if p.topic.as_str() == "crash/t" {
+                    got.push(std::str::from_utf8(&p.payload).unwrap().parse().unwrap());
+                }
+            }
+            Packet::PubRel(r) => raw.send(&Packet::PubComp(PubAck::new(r.packet_id))),
+            other => panic!("subscriber got {other:?}"),
+        }
+    }
+    got
+}
+
+/// Issue 6: with `durability = "sync"`, a publisher streams numbered QoS 1 and QoS 2
+/// messages to a topic whose only subscribers are offline persistent sessions (one on each
+/// shard's directory partition, so deliveries cross shards), and the broker is killed with
+/// SIGKILL at a random point, restarted, and killed again, five times. Afterwards every
+/// message the publisher got a PUBACK / PUBREC for is delivered (QoS 2 exactly once), the
+/// retained message and the subscriptions are intact.
+#[test]
+fn every_acknowledged_message_survives_kill_9_at_random_points() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let shards = 2;
+    let dir = temp_dir("persist-crash");
+    // Room for everything the rounds publish (1000 queued messages per session by default).
+    let config = dir.with_extension("toml");
+    std::fs::write(&config, "[limits]\nmax_queued_messages = 1000000\n").unwrap();
+    let args = [
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--durability",
+        "sync",
+    ];
+    // One subscriber per directory partition: after the first restart each session lives
+    // on its own shard, so whichever shard the publisher lands on, one delivery crosses.
+    let mut ids: Vec<(String, QoS)> = Vec::new();
+    for (home, qos) in [(0, QoS::AtLeastOnce), (1, QoS::ExactlyOnce)] {
+        let id = (0..)
+            .map(|i| format!("crash-sub-{i}"))
+            .find(|id| {
+                let id = shardmq::protocol::Str::new(Bytes::from(id.clone())).unwrap();
+                shardmq::shard::state::directory_shard(&id, shards) == home
+            })
+            .unwrap();
+        ids.push((id, qos));
+    }
+    let b = Broker::start(shards, &args);
+    for (id, qos) in &ids {
+        let (mut s, _) = persistent(&b, Version::V3_1_1, id);
+        s.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![(TopicFilter::from("crash/#"), SubscriptionOptions::qos(*qos))],
+            properties: Default::default(),
+        }));
+        assert!(matches!(s.recv(), Some(Packet::SubAck(_))));
+    }
+    let mut c = client(&b, "crash-retainer");
+    retain(&mut c, "crash/retained", b"kept", None, 1);
+    drop(c);
+    // The subscribers went offline when their sockets closed above.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut b = Some(b);
+    let mut rng = Rng::from_env_or_time();
+    let mut acked: BTreeSet<u64> = BTreeSet::new();
+    let mut sent = 0u64;
+    for round in 0..5 {
+        let mut broker = b.take().unwrap_or_else(|| Broker::start(shards, &args));
+        let addr = broker.addr;
+        let first = sent;
+        let publisher = std::thread::spawn(move || publish_until_killed(addr, first));
+        let after = Duration::from_millis(50 + rng.below(450));
+        std::thread::sleep(after);
+        broker.child.kill().unwrap();
+        broker.child.wait().unwrap();
+        let (got, next) = publisher.join().unwrap();
+        eprintln!(
+            "round {round}: killed after {after:?}; {} of {} messages acknowledged",
+            got.len(),
+            next - first
+        );
+        acked.extend(got);
+        sent = next;
+        drop(broker);
+    }
+    assert!(
+        acked.len() > 50,
+        "the publisher got going ({} acked)",
+        acked.len()
+    );
+    let b = Broker::start(shards, &args);
+    assert_eq!(
+        topics(&retained(&b, "crash-reader")),
+        ["crash/retained"],
+        "the retained message is intact"
+    );
+    for (id, qos) in &ids {
+        let (mut s, present) = persistent(&b, Version::V3_1_1, id);
+        assert!(present, "{id}: its session survived");
+        let got = drain(&mut s);
+        let mut times: BTreeMap<u64, usize> = BTreeMap::new();
+        for n in &got {
+            assert!(*n < sent, "{id}: got {n}, which was never sent");
+            *times.entry(*n).or_default() += 1;
+        }
+        let lost: Vec<&u64> = acked.iter().filter(|n| !times.contains_key(n)).collect();
+        assert!(
+            lost.is_empty(),
+            "{id}: {} acknowledged messages lost, first {:?}",
+            lost.len(),
+            &lost[..lost.len().min(10)]
+        );
+        if *qos == QoS::ExactlyOnce {
+            let twice: Vec<_> = times
+                .iter()
+                .filter(|(n, k)| *n % 3 == 0 && **k > 1)
+                .collect();
+            assert!(
+                twice.is_empty(),
+                "{id}: QoS 2 messages delivered twice: {twice:?}"
+            );
+        }
+        eprintln!(
+            "{id}: {} delivered ({} distinct), every one of {} acknowledged among them",
+            got.len(),
+            times.len(),
+            acked.len()
+        );
+        // The subscription came back too.
+        let mut p = client(&b, "crash-pub-2");
+        retain(&mut p, "crash/again", b"again", None, 9);
+        drop(p);
+        let mut s2 = s;
+        assert!(matches!(s2.recv(), Some(Packet::Publish(m)) if &m.payload[..] == b"again"));
+    }
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&config);
+}

@@ -27,7 +27,13 @@ use crate::protocol::{Str, TopicFilter};
 #[derive(Debug)]
 pub enum Envelope {
     /// A publish for the receiver's local subscribers.
-    Publish(Message),
+    Publish {
+        /// The message.
+        msg: Message,
+        /// The sender holds an acknowledgement until what this causes here is durable
+        /// (`durability = "sync"`, see `shard::durability`).
+        durable: bool,
+    },
     /// A publish for one member of the shared subscription `group` (a `$share/` filter) on
     /// the receiver, which the publishing shard chose from the group's shard mask.
     Shared {
@@ -38,6 +44,8 @@ pub enum Envelope {
         /// Shards that already found no member (a member may leave while the message
         /// travels): the receiver passes it on to a shard not in this mask.
         tried: u64,
+        /// As for [`Envelope::Publish`].
+        durable: bool,
     },
     /// Set (or, with an empty payload, delete) a retained message in the receiver's replica.
     Retain(Message),
@@ -87,10 +95,19 @@ impl Envelope {
     /// publishes may (counted); everything else carries state that must arrive.
     pub fn droppable(&self) -> bool {
         match self {
-            Envelope::Publish(m) | Envelope::Shared { msg: m, .. } => {
-                m.qos == crate::protocol::QoS::AtMostOnce
+            Envelope::Publish { msg, .. } | Envelope::Shared { msg, .. } => {
+                msg.qos == crate::protocol::QoS::AtMostOnce
             }
             _ => false,
         }
+    }
+
+    /// Whether the sender counts this envelope and waits for its effect (see
+    /// `shard::durability`).
+    pub fn is_durable(&self) -> bool {
+        matches!(
+            self,
+            Envelope::Publish { durable: true, .. } | Envelope::Shared { durable: true, .. }
+        )
     }
 }

@@ -15,6 +15,7 @@
 //! - [`wheel`]: the per-shard keep alive wheel.
 
 pub mod conn;
+pub mod durability;
 pub mod listen;
 pub mod run;
 pub mod spawn;

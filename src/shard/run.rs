@@ -25,12 +25,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::conn::{self, ConnShared};
+use super::durability::Effects;
 use super::listen::bind_shared;
 use super::spawn::{run_on_runtime, spawn_pinned};
 use super::state::directory_shard;
 use super::state::{Shard, ShardWaker, Shared};
 use crate::auth::{Authenticators, ScramSha256};
-use crate::config::Config;
+use crate::config::{Config, Durability};
 use crate::index::routes::MAX_SHARDS;
 use crate::index::{Routes, SharedRoutes};
 use crate::mesh::{Consumer, Doorbell, Envelope, Park, Producer, Wake, channel};
@@ -64,7 +65,7 @@ impl Broker {
     /// still open.
     pub fn shutdown(&self, grace: Duration) -> usize {
         self.shared.shutdown.store(true, Ordering::Release);
-        for bell in &self.shared.doorbells {
+        for bell in self.shared.doorbells.iter() {
             bell.waker().wake();
         }
         let deadline = Instant::now() + grace;
@@ -150,13 +151,22 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
     let start_unix = unix_now();
     let mut sessions: Vec<Vec<(SessionImage, Deadlines)>> = (0..n).map(|_| Vec::new()).collect();
     let mut expired_sessions = Vec::new();
+    let doorbells: Arc<[Doorbell<ShardWaker>]> = (0..n)
+        .map(|_| Doorbell::new(ShardWaker::default()))
+        .collect();
     let (store, seed) = if config.persistence.enabled {
         let options = StoreOptions {
             dir: config.persistence.data_dir.clone(),
             commit_interval_ms: config.persistence.commit_interval_ms,
             queue: config.limits.store_queue,
+            sync: config.persistence.durability == Durability::Sync,
+            shards: n,
         };
-        let (store, rec, thread) = Store::open(&options, start_unix)?;
+        let bells = doorbells.clone();
+        let wake = Box::new(move |shard: usize| {
+            bells[shard].notify();
+        });
+        let (store, rec, thread) = Store::open(&options, start_unix, wake)?;
         let queued: usize = rec.sessions.iter().map(|(s, _)| s.queue.len()).sum();
         tracing::info!(
             "store {}: recovered {} retained messages and {} sessions ({} queued messages) in {} ms ({} retained and {} sessions expired while down, {} unreadable records)",
@@ -210,12 +220,13 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
         start,
         start_unix,
         store: store.as_ref().map(|(s, _)| s.clone()),
-        doorbells: (0..n)
-            .map(|_| Doorbell::new(ShardWaker::default()))
-            .collect(),
+        doorbells,
         connections: AtomicUsize::new(0),
+        persistent: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        effects: Effects::new(n),
         dropped: AtomicU64::new(0),
         shutdown: AtomicBool::new(false),
+        seeded: AtomicUsize::new(0),
         authenticators,
         config,
     });
@@ -271,6 +282,13 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
             Err(_) => return Err("a shard thread exited during start-up".into()),
         }
     }
+    // Every shard has its recovered state before the broker says it is listening.
+    while shared.seeded.load(Ordering::Acquire) < n {
+        if threads.iter().any(|t| t.is_finished()) {
+            return Err("a shard thread exited during start-up".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     for a in &addrs {
         tracing::info!("listening on {a} (mqtt over tcp, {n} shards)");
     }
@@ -294,6 +312,8 @@ async fn shard_main(
     state.seed_retained(&seed.retained);
     state.seed_sessions(seed.sessions);
     state.publish_expired_wills(seed.expired);
+    // Recovered routes are visible now; clients are accepted once every shard is here.
+    shared.seeded.fetch_add(1, Ordering::Release);
     let shard = Rc::new(RefCell::new(state));
     for l in listeners {
         match monoio::net::TcpListener::from_std(l) {
@@ -309,6 +329,12 @@ async fn shard_main(
 
 async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListener) {
     let max = shard.borrow().shared.config.limits.max_connections;
+    // A publish accepted here before another shard has its recovered sessions (and their
+    // routes) would miss them.
+    let count = shard.borrow().count;
+    while shard.borrow().shared.seeded.load(Ordering::Acquire) < count {
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {

@@ -17,6 +17,7 @@ use slab::Slab;
 use smallvec::SmallVec;
 
 use super::conn::{ConnShared, Filed};
+use super::durability::{Effects, Release, Tracker};
 use super::wheel::Wheel;
 use crate::config::Config;
 use crate::index::{LocalIndex, RetainedStore, Routes, SetOutcome, SharedRoutes};
@@ -63,7 +64,7 @@ pub struct Shared {
     /// deadlines mean the same on every shard.
     pub start: Instant,
     /// One doorbell per shard.
-    pub doorbells: Vec<Doorbell<ShardWaker>>,
+    pub doorbells: Arc<[Doorbell<ShardWaker>]>,
     /// Connections open broker-wide (bounded by `Limits::max_connections`).
     pub connections: AtomicUsize,
     /// Messages dropped broker-wide (slow consumers, full queues, full rings).
@@ -77,6 +78,14 @@ pub struct Shared {
     /// Set once by [`run::Broker::shutdown`](super::run::Broker::shutdown): every shard
     /// tells its clients and closes them.
     pub shutdown: AtomicBool,
+    /// Per shard: its persistent sessions (only a shard with some can write for a delivery;
+    /// `durability = "sync"` waits only for those).
+    pub persistent: Box<[AtomicUsize]>,
+    /// Which durable envelopes took effect where (`durability = "sync"`).
+    pub effects: Effects,
+    /// Shards that have taken their recovered sessions and retained messages (none
+    /// accepts clients before all have).
+    pub seeded: AtomicUsize,
 }
 
 /// Counters of one shard.
@@ -124,6 +133,8 @@ pub struct Entry {
     pub token: u64,
     /// The attached connection.
     pub conn: Option<Rc<ConnShared>>,
+    /// Counted in [`Shared::persistent`] (the session was persistent when installed).
+    counted: bool,
 }
 
 /// A connection waiting for its directory claim to be granted.
@@ -154,6 +165,10 @@ pub struct Shard {
     shared_next: usize,
     /// Store writes its channel had no room for, retried on every flush.
     store_backlog: VecDeque<crate::store::PendingWrite>,
+    /// Store writes made so far (each is numbered with its position).
+    store_writes: u64,
+    /// Acknowledgements and effects held for `durability = "sync"`.
+    durability: Tracker,
     /// While seeding recovered sessions: first-subscriber filters whose routes are added in
     /// one go afterwards (adding wildcard routes one by one is quadratic).
     deferred_routes: Option<Vec<TopicFilter>>,
@@ -223,6 +238,8 @@ impl Shard {
             response_information: m.response_information.clone(),
         });
         let count = out.len();
+        let sync = shared.store.is_some()
+            && shared.config.persistence.durability == crate::config::Durability::Sync;
         Self {
             id,
             count,
@@ -234,6 +251,8 @@ impl Shard {
             timers: BinaryHeap::new(),
             shared_next: 0,
             store_backlog: VecDeque::new(),
+            store_writes: 0,
+            durability: Tracker::new(sync, count),
             deferred_routes: None,
             sessions: Slab::new(),
             by_id: AHashMap::new(),
@@ -308,7 +327,9 @@ impl Shard {
     /// past half its bound), so the load slows to what the disk takes instead of the backlog
     /// dropping writes.
     pub fn backpressured(&self) -> bool {
-        self.overflow_len > 0 || self.store_behind()
+        self.overflow_len > 0
+            || self.store_behind()
+            || self.durability.len() > self.shared.config.limits.store_queue
     }
 
     /// Whether this shard's store backlog is past half `limits.store_queue`: the shard also
@@ -357,7 +378,9 @@ impl Shard {
 
     /// Whether any inbound ring or the local queue holds work.
     pub fn has_inbound(&mut self) -> bool {
-        !self.local.is_empty() || self.inbound.iter_mut().any(|c| !c.is_empty())
+        !self.local.is_empty()
+            || self.inbound.iter_mut().any(|c| !c.is_empty())
+            || self.release_ready()
     }
 
     /// Processes up to `max` envelopes per inbound ring plus the local queue. Returns how many.
@@ -370,13 +393,34 @@ impl Shard {
                 return 0;
             }
         }
+        self.release_durable();
         let mut inbox = std::mem::take(&mut self.inbox);
-        for c in &mut self.inbound {
-            c.drain(max, |e| inbox.push(e));
-        }
-        let n = inbox.len() + self.local.len();
-        for env in inbox.drain(..) {
-            self.on_envelope(env);
+        let mut n = self.local.len();
+        for i in 0..self.inbound.len() {
+            // `inbound` holds every other shard's ring, in shard order.
+            let source = if i < self.id { i } else { i + 1 };
+            if self.inbound[i].drain(max, |e| inbox.push(e)) == 0 {
+                continue;
+            }
+            n += inbox.len();
+            let before = self.durability.received_from(source);
+            self.durability.begin(self.store_writes);
+            for env in inbox.drain(..) {
+                if env.is_durable() {
+                    self.durability.received(source);
+                }
+                self.on_envelope(env);
+            }
+            let upto = self.durability.received_from(source);
+            if upto > before {
+                let effect = Release::Effect {
+                    source: source as u16,
+                    upto,
+                };
+                if let Some(r) = self.durability.end(effect, self.store_writes) {
+                    self.carry_out(r);
+                }
+            }
         }
         self.inbox = inbox;
         let mut k = self.local.len();
@@ -397,8 +441,13 @@ impl Shard {
 
     fn on_envelope(&mut self, env: Envelope) {
         match env {
-            Envelope::Publish(m) => self.deliver_local(&m),
-            Envelope::Shared { msg, group, tried } => self.deliver_shared(msg, group, tried),
+            Envelope::Publish { msg, .. } => self.deliver_local(&msg),
+            Envelope::Shared {
+                msg,
+                group,
+                tried,
+                durable,
+            } => self.deliver_shared(msg, group, tried, durable),
             Envelope::Retain(m) => {
                 self.set_retained(m);
             }
@@ -597,7 +646,7 @@ impl Shard {
     /// migrating session misses it. Closing that window needs a hand-over of the routes with
     /// forwarding (and de-duplication by message identity) from the old to the new shard.
     fn evict(&mut self, slot: usize, reason: ReasonCode, clean: bool) -> Box<Session> {
-        let mut e = self.sessions.remove(slot);
+        let mut e = self.remove_entry(slot);
         self.by_id.remove(e.session.client_id());
         let filters: Vec<TopicFilter> = e.session.subscriptions().map(|(f, _)| f.clone()).collect();
         for filter in &filters {
@@ -627,6 +676,15 @@ impl Shard {
         e.session
     }
 
+    /// Takes the entry at `slot` out of the slab (and out of the persistent count).
+    fn remove_entry(&mut self, slot: usize) -> Entry {
+        let e = self.sessions.remove(slot);
+        if e.counted {
+            self.shared.persistent[self.id].fetch_sub(1, Ordering::Release);
+        }
+        e
+    }
+
     /// Installs the session for a granted connection (a resumed one, or a new one), indexes
     /// its subscriptions, and returns its slot.
     pub fn install(
@@ -645,10 +703,15 @@ impl Shard {
         }
         self.by_id.insert(session.client_id().clone(), slot);
         let connected = conn.is_some();
+        let counted = session.is_persistent();
+        if counted {
+            self.shared.persistent[self.id].fetch_add(1, Ordering::Release);
+        }
         let slot = self.sessions.insert(Entry {
             session,
             token,
             conn,
+            counted,
         });
         if connected && self.shared.store.is_some() {
             let e = &mut self.sessions[slot];
@@ -735,7 +798,7 @@ impl Shard {
     /// Ends the session at `slot` for good: publishes a will still waiting out its delay,
     /// unindexes it and releases its client id at the directory.
     fn end_session(&mut self, slot: usize) {
-        let mut e = self.sessions.remove(slot);
+        let mut e = self.remove_entry(slot);
         if e.session.in_store() {
             self.store_write(PendingWrite::end(e.session.client_id().as_bytes()));
         }
@@ -828,6 +891,12 @@ impl Shard {
     /// local delivery) per matching shared-subscription group. Returns whether any
     /// subscriber (plain or shared, on any shard) matched.
     pub fn route(&mut self, msg: Message) -> bool {
+        self.route_with(msg, false)
+    }
+
+    /// [`route`](Self::route), counting what it causes when the publisher `wait`s for it to
+    /// be durable (see `shard::durability`).
+    fn route_with(&mut self, msg: Message, wait: bool) -> bool {
         if msg.retain {
             for d in 0..self.count {
                 if d != self.id {
@@ -847,7 +916,9 @@ impl Shard {
         while others != 0 {
             let d = others.trailing_zeros() as usize;
             others &= others - 1;
-            self.send(d, Envelope::Publish(msg.clone()));
+            let durable = self.durable_to(d, wait);
+            let msg = msg.clone();
+            self.send(d, Envelope::Publish { msg, durable });
         }
         if mask & (1u64 << self.id) != 0 {
             self.deliver_local(&msg);
@@ -860,7 +931,7 @@ impl Shard {
                 .for_each_match(msg.topic.as_bytes(), |k, m| groups.push((k.clone(), m)));
             for (group, mask) in groups {
                 matched = true;
-                self.send_shared(msg.clone(), group, mask, 0);
+                self.send_shared(msg.clone(), group, mask, 0, wait);
             }
         }
         matched
@@ -870,7 +941,7 @@ impl Shard {
     /// round-robin over those shards (this one included, delivering locally when chosen), so
     /// a group spread over shards is balanced across them whichever shard publishes.
     /// Counted as dropped when no shard is left.
-    fn send_shared(&mut self, msg: Message, group: TopicFilter, mask: u64, tried: u64) {
+    fn send_shared(&mut self, msg: Message, group: TopicFilter, mask: u64, tried: u64, wait: bool) {
         let me = 1u64 << self.id;
         let mut left = mask & !tried;
         if left & me != 0 && !self.groups.contains_key(&group) {
@@ -889,9 +960,29 @@ impl Shard {
         }
         let dest = bits.trailing_zeros() as usize;
         if dest == self.id {
-            return self.deliver_shared(msg, group, tried);
+            return self.deliver_shared(msg, group, tried, wait);
         }
-        self.send(dest, Envelope::Shared { msg, group, tried });
+        let durable = self.durable_to(dest, wait);
+        self.send(
+            dest,
+            Envelope::Shared {
+                msg,
+                group,
+                tried,
+                durable,
+            },
+        );
+    }
+
+    /// Whether an envelope to `dest` carries the durable flag: the sender `wait`s for what
+    /// it causes, and `dest` holds persistent sessions (no other can write for a delivery).
+    /// Counts it.
+    fn durable_to(&mut self, dest: usize, wait: bool) -> bool {
+        let durable = wait && self.shared.persistent[dest].load(Ordering::Acquire) > 0;
+        if durable {
+            self.durability.sent(dest);
+        }
+        durable
     }
 
     /// Delivers a message to one member of the shared group `group` on this shard, chosen
@@ -900,7 +991,7 @@ impl Shard {
     /// shard of the group not yet tried; only when every shard was tried does a parked
     /// (persistent, offline) member here queue it. The member gets it as its own
     /// subscription grants (QoS, Retain As Published, Subscription Identifier).
-    fn deliver_shared(&mut self, msg: Message, group: TopicFilter, tried: u64) {
+    fn deliver_shared(&mut self, msg: Message, group: TopicFilter, tried: u64, wait: bool) {
         let me = 1u64 << self.id;
         let mask = self.shared.shared_routes.mask(&group);
         let last_resort = mask & !(tried | me) == 0;
@@ -922,7 +1013,7 @@ impl Shard {
             Some(g.members[i])
         });
         let Some((slot, sub)) = chosen else {
-            return self.send_shared(msg, group, mask, tried | me);
+            return self.send_shared(msg, group, mask, tried | me, wait);
         };
         let grant = Grant {
             qos: sub.options.qos,
@@ -947,7 +1038,7 @@ impl Shard {
                 continue;
             };
             let mask = self.shared.shared_routes.mask(&group);
-            self.send_shared(o.msg, group, mask, 0);
+            self.send_shared(o.msg, group, mask, 0, false);
         }
     }
 
@@ -985,6 +1076,8 @@ impl Shard {
         if self.shared.store.is_none() {
             return;
         }
+        self.store_writes += 1;
+        let w = w.numbered(self.id, self.store_writes);
         if !self.store_backlog.is_empty() {
             self.retry_store();
         }
@@ -1136,6 +1229,57 @@ impl Shard {
         self.flush();
     }
 
+    /// Whether the oldest held release (`durability = "sync"`) is ready.
+    fn release_ready(&self) -> bool {
+        if self.durability.is_empty() {
+            return false;
+        }
+        let Some(store) = &self.shared.store else {
+            return false;
+        };
+        let (me, effects) = (self.id, &self.shared.effects);
+        self.durability
+            .front_ready(store.durable(me), |d| effects.get(me, d))
+    }
+
+    /// Carries out the held releases that are ready, oldest first.
+    fn release_durable(&mut self) {
+        while self.release_ready() {
+            if let Some(r) = self.durability.pop() {
+                self.carry_out(r);
+            }
+        }
+    }
+
+    /// Sends a released acknowledgement (if its connection is still the session's) or
+    /// publishes a released effect to its sending shard and rings it.
+    fn carry_out(&mut self, r: Release) {
+        match r {
+            Release::Ack {
+                slot,
+                token,
+                ack,
+                matched,
+            } => {
+                let Some(e) = self.sessions.get_mut(slot as usize) else {
+                    return;
+                };
+                if e.token != token {
+                    return;
+                }
+                e.session.ack(ack, matched);
+                if let Some(c) = &e.conn {
+                    c.wake_writer();
+                }
+            }
+            Release::Effect { source, upto } => {
+                let source = usize::from(source);
+                self.shared.effects.set(source, self.id, upto);
+                self.shared.doorbells[source].notify();
+            }
+        }
+    }
+
     /// Hands the store what its channel had no room for before, in order.
     fn retry_store(&mut self) {
         let Some(store) = &self.shared.store else {
@@ -1242,9 +1386,22 @@ impl Shard {
             match action {
                 Action::Publish { msg, ack } => {
                     self.stats.received += 1;
-                    let matched = self.route(msg);
-                    if ack != Ack::None {
+                    if ack == Ack::None || !self.durability.on {
+                        let matched = self.route(msg);
                         self.sessions[slot].session.ack(ack, matched);
+                        continue;
+                    }
+                    // durability = "sync": the acknowledgement waits for what routing wrote.
+                    self.durability.begin(self.store_writes);
+                    let matched = self.route_with(msg, true);
+                    let release = Release::Ack {
+                        slot: slot as u32,
+                        token: self.sessions[slot].token,
+                        ack,
+                        matched,
+                    };
+                    if let Some(r) = self.durability.end(release, self.store_writes) {
+                        self.carry_out(r);
                     }
                 }
                 Action::Subscribe {

@@ -6,15 +6,19 @@
 //! QoS ≥ 1 delivery to a persistent session, appended when it is queued or sent and removed
 //! when it completes (PUBACK, PUBREC, or dropped), connected or not. After a crash a session
 //! comes back with every delivery not yet complete, queued again (a QoS 1/2 message that was
-//! in flight is sent again with a new packet identifier). `durability = "sync"`
-//! (acknowledging a QoS ≥ 1 PUBLISH only once it is committed) is the next step of issue 6
-//! and is not built yet.
+//! in flight is sent again with a new packet identifier).
+//!
+//! Each shard numbers its writes. With `durability = "sync"` the store thread fsyncs every
+//! batch (group commit: one fsync for whatever all the shards sent meanwhile) and then
+//! publishes, per shard, the number of its last durable write ([`Store::durable`]) and wakes
+//! that shard, which releases the acknowledgements waiting for it (`shard::durability`).
 //!
 //! ```text
 //!  shard 0 ─┐  try_send (bounded channel; a full one is retried from the shard's backlog)
 //!  shard 1 ─┼──────────────► store thread: drain everything pending into one batch,
-//!  shard N ─┘                commit (to the OS: survives kill -9), fsync every
-//!                            `commit_interval_ms` (survives power loss after that)
+//!  shard N ─┘                commit (to the OS: survives kill -9), then
+//!                            relaxed: fsync every `commit_interval_ms` (fjall's timer)
+//!                            sync:    fsync now, durable[shard] = its last write, wake it
 //!  start-up: open (fjall replays its journal; a torn tail is cut off), check the format,
 //!            read every retained message, hand them to the shards before accepting clients
 //! ```
@@ -51,7 +55,29 @@ pub struct StoreOptions {
     pub commit_interval_ms: u16,
     /// Commands waiting for the store thread at most (the channel's bound).
     pub queue: usize,
+    /// `durability = "sync"`: fsync every batch and publish each shard's durable write.
+    pub sync: bool,
+    /// Shards that tag their writes (the size of [`Store::durable`]'s table).
+    pub shards: usize,
 }
+
+/// Who sent a write and its number among that shard's writes (numbers start at 1).
+#[derive(Clone, Copy, Debug)]
+struct Tag {
+    shard: u32,
+    no: u64,
+}
+
+impl Tag {
+    /// A write no shard waits for (tests, the main thread).
+    const NONE: Tag = Tag {
+        shard: u32::MAX,
+        no: 0,
+    };
+}
+
+/// Wakes shard `i` once writes it numbered became durable (its doorbell).
+pub type WakeShard = Box<dyn Fn(usize) + Send>;
 
 /// One write for the store thread.
 #[derive(Debug)]
@@ -100,9 +126,11 @@ pub struct Recovered {
 /// A handle to the store thread, one clone per shard. Sending never blocks.
 #[derive(Clone, Debug)]
 pub struct Store {
-    tx: SyncSender<Cmd>,
+    tx: SyncSender<(Cmd, Tag)>,
     /// Writes dropped because the store was unusable (logged once per batch).
     pub failed: Arc<AtomicU64>,
+    /// Per shard: the number of its last write known durable (`sync` only).
+    durable: Arc<[AtomicU64]>,
 }
 
 /// The current Unix time in seconds.
@@ -112,9 +140,11 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn open_keyspace(dir: &Path, fsync_ms: u16) -> fjall::Result<Keyspace> {
+/// Opens the keyspace; `fsync_ms` is fjall's fsync timer (`None` with `sync`, which fsyncs
+/// every batch itself).
+fn open_keyspace(dir: &Path, fsync_ms: Option<u16>) -> fjall::Result<Keyspace> {
     fjall::Config::new(dir)
-        .fsync_ms(Some(fsync_ms.max(1)))
+        .fsync_ms(fsync_ms.map(|ms| ms.max(1)))
         // Background flush and compaction: the machine's shards need the cores.
         .flush_workers(1)
         .compaction_workers(1)
@@ -125,9 +155,11 @@ impl Store {
     /// Opens (or creates) the store, recovers what it holds and starts the store thread.
     /// `start_unix` is the Unix time at which the broker's clock reads 0 (recovered deadlines
     /// are turned into it). Errors are one line.
+    /// With `sync`, `wake` is called with a shard's index after its writes became durable.
     pub fn open(
         o: &StoreOptions,
         start_unix: u64,
+        wake: WakeShard,
     ) -> Result<(Store, Recovered, JoinHandle<()>), String> {
         let started = Instant::now();
         std::fs::create_dir_all(&o.dir).map_err(|e| {
@@ -136,7 +168,8 @@ impl Store {
                 o.dir.display()
             )
         })?;
-        let ks = match open_keyspace(&o.dir, o.commit_interval_ms) {
+        let fsync_ms = (!o.sync).then_some(o.commit_interval_ms);
+        let ks = match open_keyspace(&o.dir, fsync_ms) {
             Ok(ks) => ks,
             Err(e) => {
                 let aside = PathBuf::from(format!("{}.corrupt-{}", o.dir.display(), unix_now()));
@@ -152,7 +185,7 @@ impl Store {
                     )
                 })?;
                 std::fs::create_dir_all(&o.dir).map_err(|e| e.to_string())?;
-                open_keyspace(&o.dir, o.commit_interval_ms)
+                open_keyspace(&o.dir, fsync_ms)
                     .map_err(|e| format!("persistence.data_dir {}: {e}", o.dir.display()))?
             }
         };
@@ -257,7 +290,13 @@ impl Store {
         rec.took = started.elapsed();
         let (tx, rx) = sync_channel(o.queue.max(1));
         let failed = Arc::new(AtomicU64::new(0));
-        let thread_failed = failed.clone();
+        let durable: Arc<[AtomicU64]> = (0..o.shards).map(|_| AtomicU64::new(0)).collect();
+        let marks = Marks {
+            sync: o.sync,
+            durable: durable.clone(),
+            wake,
+            failed: failed.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("shardmq-store".into())
             .spawn(move || {
@@ -266,30 +305,32 @@ impl Store {
                     sessions,
                     queued,
                 };
-                run(ks, parts, rx, &thread_failed)
+                run(ks, parts, rx, &marks)
             })
             .map_err(|e| format!("cannot start the store thread: {e}"))?;
-        Ok((Store { tx, failed }, rec, handle))
+        Ok((
+            Store {
+                tx,
+                failed,
+                durable,
+            },
+            rec,
+            handle,
+        ))
     }
 
     /// Queues setting (or, with `None`, deleting) the retained message of `topic`. Returns
     /// the command back when the channel is full (the caller keeps it and retries).
     pub fn set_retained(&self, topic: &[u8], value: Option<Vec<u8>>) -> Result<(), PendingWrite> {
-        self.send(Cmd::Retain {
-            topic: topic.to_vec(),
-            value,
-        })
+        self.retry(PendingWrite::retained(topic, value))
     }
 
-    /// Retries a write the channel had no room for.
+    /// Hands a write to the store thread; gives it back when the channel has no room (the
+    /// caller keeps it and retries).
     pub fn retry(&self, w: PendingWrite) -> Result<(), PendingWrite> {
-        self.send(w.0)
-    }
-
-    fn send(&self, c: Cmd) -> Result<(), PendingWrite> {
-        match self.tx.try_send(c) {
+        match self.tx.try_send((w.cmd, w.tag)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(c)) => Err(PendingWrite(c)),
+            Err(TrySendError::Full((cmd, tag))) => Err(PendingWrite { cmd, tag }),
             Err(TrySendError::Disconnected(_)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -302,7 +343,7 @@ impl Store {
     pub fn sync(&self, limit: Duration) -> bool {
         let (tx, rx) = std::sync::mpsc::channel();
         let deadline = Instant::now() + limit;
-        let mut cmd = Cmd::Sync(tx);
+        let mut cmd = (Cmd::Sync(tx), Tag::NONE);
         loop {
             match self.tx.try_send(cmd) {
                 Ok(()) => break,
@@ -315,6 +356,13 @@ impl Store {
         }
         rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .is_ok()
+    }
+
+    /// The number of shard `shard`'s last write known durable (`sync`; 0 otherwise).
+    pub fn durable(&self, shard: usize) -> u64 {
+        self.durable
+            .get(shard)
+            .map_or(0, |d| d.load(Ordering::Acquire))
     }
 }
 
@@ -342,12 +390,32 @@ fn drop_queue(
 /// A write for the store, built by a shard and handed over with [`Store::retry`] (or kept
 /// in the shard's backlog while the channel is full).
 #[derive(Debug)]
-pub struct PendingWrite(Cmd);
+pub struct PendingWrite {
+    cmd: Cmd,
+    tag: Tag,
+}
 
 impl PendingWrite {
+    fn new(cmd: Cmd) -> Self {
+        Self {
+            cmd,
+            tag: Tag::NONE,
+        }
+    }
+
+    /// Numbers the write as shard `shard`'s `no`th: [`Store::durable`] reports it once it
+    /// is durable.
+    pub fn numbered(mut self, shard: usize, no: u64) -> Self {
+        self.tag = Tag {
+            shard: shard as u32,
+            no,
+        };
+        self
+    }
+
     /// A retained-message write to keep in a backlog, unsent.
     pub fn retained(topic: &[u8], value: Option<Vec<u8>>) -> PendingWrite {
-        PendingWrite(Cmd::Retain {
+        PendingWrite::new(Cmd::Retain {
             topic: topic.to_vec(),
             value,
         })
@@ -355,7 +423,7 @@ impl PendingWrite {
 
     /// Deliveries to a persistent session that are complete.
     pub fn done(client_id: &[u8], seqs: Vec<u64>) -> PendingWrite {
-        PendingWrite(Cmd::Done {
+        PendingWrite::new(Cmd::Done {
             client_id: client_id.to_vec(),
             seqs,
         })
@@ -363,7 +431,7 @@ impl PendingWrite {
 
     /// A persistent session's image (replacing what was stored for it).
     pub fn session(client_id: &[u8], value: Vec<u8>) -> PendingWrite {
-        PendingWrite(Cmd::Session {
+        PendingWrite::new(Cmd::Session {
             client_id: client_id.to_vec(),
             value,
         })
@@ -371,7 +439,7 @@ impl PendingWrite {
 
     /// A delivery to a persistent session, under its store sequence number.
     pub fn queued(client_id: &[u8], seq: u64, value: Vec<u8>) -> PendingWrite {
-        PendingWrite(Cmd::Queue {
+        PendingWrite::new(Cmd::Queue {
             client_id: client_id.to_vec(),
             seq,
             value,
@@ -380,7 +448,7 @@ impl PendingWrite {
 
     /// The end of a session.
     pub fn end(client_id: &[u8]) -> PendingWrite {
-        PendingWrite(Cmd::EndSession {
+        PendingWrite::new(Cmd::EndSession {
             client_id: client_id.to_vec(),
         })
     }
@@ -423,16 +491,35 @@ fn end_session(
     batch.commit()
 }
 
+/// What the store thread reports back to the shards.
+struct Marks {
+    sync: bool,
+    durable: Arc<[AtomicU64]>,
+    wake: WakeShard,
+    failed: Arc<AtomicU64>,
+}
+
 /// The store thread: group commit of whatever the shards sent since the last batch. A
 /// delivery appended and completed within one batch (a consumer that keeps up while the disk
-/// is behind) is written not at all.
-fn run(ks: Keyspace, p: Parts, rx: Receiver<Cmd>, failed: &AtomicU64) {
+/// is behind) is written not at all. With `sync` every batch is fsynced before the shards
+/// learn that their writes in it are durable.
+fn run(ks: Keyspace, p: Parts, rx: Receiver<(Cmd, Tag)>, marks: &Marks) {
     let mut cmds: Vec<Cmd> = Vec::with_capacity(MAX_BATCH);
+    // Per shard: its highest write number in this batch (0: none).
+    let mut last: Vec<u64> = vec![0; marks.durable.len()];
     while let Ok(first) = rx.recv() {
-        cmds.push(first);
-        while cmds.len() < MAX_BATCH {
-            let Ok(c) = rx.try_recv() else { break };
+        let mut take = |(c, tag): (Cmd, Tag)| {
+            if let Some(n) = last.get_mut(tag.shard as usize) {
+                *n = (*n).max(tag.no);
+            }
             cmds.push(c);
+        };
+        take(first);
+        let mut n = 1;
+        while n < MAX_BATCH {
+            let Ok(c) = rx.try_recv() else { break };
+            take(c);
+            n += 1;
         }
         cancel_completed(&mut cmds);
         let mut batch = ks.batch();
@@ -472,13 +559,19 @@ fn run(ks: Keyspace, p: Parts, rx: Receiver<Cmd>, failed: &AtomicU64) {
         let writes = batch.len() as u64;
         if writes > 0 {
             if let Err(e) = batch.commit() {
-                failed.fetch_add(writes, Ordering::Relaxed);
+                marks.failed.fetch_add(writes, Ordering::Relaxed);
                 tracing::error!("store: a batch of {writes} writes failed: {e}");
             }
-            // Hand the batch to the OS now (one write per batch): it survives the process
-            // being killed. The fsync comes from fjall's timer, or below when someone waits.
-            if let Err(e) = ks.persist(PersistMode::Buffer) {
-                tracing::error!("store: writing a batch to the OS failed: {e}");
+            // Relaxed: hand the batch to the OS now (one write per batch), so it survives
+            // the process being killed; fjall's timer fsyncs it. Sync: fsync it now.
+            let mode = if marks.sync {
+                PersistMode::SyncAll
+            } else {
+                PersistMode::Buffer
+            };
+            if let Err(e) = ks.persist(mode) {
+                marks.failed.fetch_add(writes, Ordering::Relaxed);
+                tracing::error!("store: writing a batch to the disk failed: {e}");
             }
         }
         if !waiting.is_empty() {
@@ -487,6 +580,17 @@ fn run(ks: Keyspace, p: Parts, rx: Receiver<Cmd>, failed: &AtomicU64) {
             }
             for w in waiting {
                 let _ = w.send(());
+            }
+        }
+        // A failed batch is logged and counted, and its acknowledgements go out all the
+        // same: holding them would stall the publishers for good.
+        for (shard, n) in last.iter_mut().enumerate() {
+            if *n > 0 {
+                if marks.sync {
+                    marks.durable[shard].store(*n, Ordering::Release);
+                    (marks.wake)(shard);
+                }
+                *n = 0;
             }
         }
     }
@@ -534,6 +638,8 @@ mod tests {
             dir: dir.to_path_buf(),
             commit_interval_ms: 10,
             queue: 16,
+            sync: false,
+            shards: 1,
         }
     }
 
@@ -556,7 +662,7 @@ mod tests {
     fn retained_messages_survive_a_reopen_and_expired_ones_do_not() {
         let dir = temp("reopen");
         {
-            let (store, rec, thread) = Store::open(&options(&dir), 0).unwrap();
+            let (store, rec, thread) = Store::open(&options(&dir), 0, Box::new(|_| {})).unwrap();
             assert!(rec.retained.is_empty());
             let a = retained("a", b"1");
             store
@@ -575,7 +681,7 @@ mod tests {
             drop(store);
             thread.join().unwrap();
         }
-        let (_store, rec, _thread) = Store::open(&options(&dir), 0).unwrap();
+        let (_store, rec, _thread) = Store::open(&options(&dir), 0, Box::new(|_| {})).unwrap();
         let topics: Vec<&str> = rec.retained.iter().map(|(m, _)| m.topic.as_str()).collect();
         assert_eq!(topics, ["a"]);
         assert_eq!(rec.expired, 1);
@@ -586,14 +692,14 @@ mod tests {
     fn a_store_of_another_format_is_refused_with_both_formats_named() {
         let dir = temp("format");
         {
-            let ks = open_keyspace(&dir, 10).unwrap();
+            let ks = open_keyspace(&dir, Some(10)).unwrap();
             let meta = ks
                 .open_partition("meta", PartitionCreateOptions::default())
                 .unwrap();
             meta.insert("format", 7u32.to_be_bytes()).unwrap();
             ks.persist(PersistMode::SyncAll).unwrap();
         }
-        let e = Store::open(&options(&dir), 0).unwrap_err();
+        let e = Store::open(&options(&dir), 0, Box::new(|_| {})).unwrap_err();
         assert!(
             e.contains("store format 7") && e.contains("reads format 1"),
             "{e}"
@@ -627,7 +733,7 @@ mod tests {
     }
 
     fn reopen(dir: &Path) -> Recovered {
-        let (store, rec, thread) = Store::open(&options(dir), 0).unwrap();
+        let (store, rec, thread) = Store::open(&options(dir), 0, Box::new(|_| {})).unwrap();
         drop(store);
         thread.join().unwrap();
         rec
@@ -637,7 +743,7 @@ mod tests {
     fn a_session_keeps_its_image_and_its_deliveries_until_they_complete() {
         let dir = temp("sessions");
         let write = |cmds: Vec<PendingWrite>| {
-            let (store, _, thread) = Store::open(&options(&dir), 0).unwrap();
+            let (store, _, thread) = Store::open(&options(&dir), 0, Box::new(|_| {})).unwrap();
             for w in cmds {
                 store.retry(w).unwrap();
             }
@@ -645,7 +751,7 @@ mod tests {
             drop(store);
             thread.join().unwrap();
         };
-        let (store, _, thread) = Store::open(&options(&dir), 0).unwrap();
+        let (store, _, thread) = Store::open(&options(&dir), 0, Box::new(|_| {})).unwrap();
         let d = codec::Deadlines::default();
         let park = |id| PendingWrite::session(id, codec::encode_session(&image("a"), d, 0));
         let first = vec![

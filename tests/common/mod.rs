@@ -165,6 +165,27 @@ impl Raw {
         }
     }
 
+    /// Sends a packet; false if the connection is gone (the broker was killed).
+    pub fn try_send(&mut self, p: &Packet) -> bool {
+        let bytes = p.to_bytes(self.version).unwrap();
+        self.stream.write_all(&bytes).is_ok()
+    }
+
+    /// The next packet, or `None` when the connection closed, failed, or stayed silent for
+    /// the read timeout.
+    pub fn try_recv(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(p) = decode(&mut self.buf, self.version, u32::MAX).ok()? {
+                return Some(p);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
     /// Expects the broker to close the connection (EOF) within the read timeout, skipping
     /// any packets before it.
     pub fn expect_closed(&mut self) -> Vec<Packet> {

@@ -15,11 +15,14 @@ fn shards(n: usize) -> Vec<Shard> {
             .map(|_| Doorbell::new(ShardWaker::default()))
             .collect(),
         connections: AtomicUsize::new(0),
+        persistent: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        effects: crate::shard::durability::Effects::new(n),
         dropped: AtomicU64::new(0),
         authenticators: Arc::new(crate::auth::Authenticators::new()),
         start_unix: 0,
         store: None,
         shutdown: AtomicBool::new(false),
+        seeded: AtomicUsize::new(n),
     });
     outs.into_iter()
         .zip(ins)
