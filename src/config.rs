@@ -63,11 +63,13 @@ pub struct Persistence {
     pub enabled: bool,
     /// Where the store lives.
     pub data_dir: std::path::PathBuf,
-    /// `relaxed`: every write reaches the OS at once (survives `kill -9`) and is fsynced
-    /// within `commit_interval_ms` (a power loss may lose that much). `sync` (acknowledge
-    /// QoS ≥ 1 only once committed) is not built yet.
+    /// `sync` (default): a QoS ≥ 1 PUBLISH is acknowledged only once every store write it
+    /// caused is fsynced (group commit: one fsync per store batch). `relaxed`: acknowledged
+    /// at once; every write reaches the OS within the store's next batch (survives
+    /// `kill -9` after that) and is fsynced within `commit_interval_ms` (a crash may lose
+    /// the last acknowledged messages, a power loss up to that much).
     pub durability: Durability,
-    /// Milliseconds between fsyncs.
+    /// Milliseconds between fsyncs with `relaxed`.
     pub commit_interval_ms: u16,
 }
 
@@ -76,7 +78,7 @@ impl Default for Persistence {
         Self {
             enabled: true,
             data_dir: "shardmq-data".into(),
-            durability: Durability::Relaxed,
+            durability: Durability::Sync,
             commit_interval_ms: 100,
         }
     }
@@ -177,8 +179,13 @@ pub struct Limits {
     pub max_subscriptions_per_client: usize,
     /// Levels in a topic name or filter.
     pub max_topic_levels: usize,
-    /// Retained messages kept broker-wide.
+    /// Retained messages kept broker-wide; a new topic past it is not kept (the message is
+    /// still delivered to subscribers).
     pub max_retained_messages: usize,
+    /// Bytes of retained messages kept (topics and payloads, plus about 100 bytes each),
+    /// per shard replica; a message past it is not kept, and one that would replace a kept
+    /// message removes it (a stale value is never served).
+    pub max_retained_bytes: usize,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout_secs: u32,
     /// Largest keep alive the broker grants, seconds (0 = whatever the client asks).
@@ -215,6 +222,7 @@ impl Default for Limits {
             max_subscriptions_per_client: 1000,
             max_topic_levels: 64,
             max_retained_messages: 1_000_000,
+            max_retained_bytes: 512 * 1024 * 1024,
             connect_timeout_secs: 10,
             max_keep_alive_secs: 0,
             read_buffer: 4096,

@@ -28,6 +28,6 @@ pub mod routes;
 pub mod shared;
 
 pub use local::{Inserted, LocalIndex, Removed};
-pub use retained::{RetainedStore, SetOutcome};
+pub use retained::{RetainedStore, SetOutcome, Weigh};
 pub use routes::{Routes, ShardMask};
 pub use shared::SharedRoutes;

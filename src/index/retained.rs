@@ -10,8 +10,10 @@
 //! thousands of levels cannot overflow the shard's stack. Deleting prunes nodes that lead
 //! nowhere, so memory returns to the root alone once everything is deleted.
 //!
-//! Bounded by `Limits::max_retained_messages`: a new topic past the limit is refused (and
-//! counted by the caller); replacing a stored topic is always allowed.
+//! Bounded by `Limits::max_retained_messages` and `Limits::max_retained_bytes` (topic plus
+//! [`Weigh::weight`] of each message): a new topic past either is refused; a replacement
+//! that fits in the bytes is always stored, one that does not removes the topic's old
+//! message (a stale value is never served) and is refused. The caller counts refusals.
 
 use ahash::AHashMap;
 use slab::Slab;
@@ -29,6 +31,21 @@ pub enum SetOutcome {
     NotFound,
     /// The store is full: the new topic was not stored.
     Refused,
+    /// The replacement did not fit in the byte bound: the old message was removed and the
+    /// new one not stored.
+    RefusedRemoved,
+}
+
+/// The bytes a message counts against the byte bound (besides its topic).
+pub trait Weigh {
+    /// Bytes of the message beyond its topic.
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for u32 {
+    fn weight(&self) -> usize {
+        4
+    }
 }
 
 #[derive(Debug)]
@@ -47,11 +64,14 @@ pub struct RetainedStore<M> {
     nodes: Slab<Node<M>>,
     len: usize,
     max: usize,
+    bytes: usize,
+    max_bytes: usize,
 }
 
-impl<M> RetainedStore<M> {
-    /// An empty store holding at most `max_messages` topics (0: none at all).
-    pub fn new(max_messages: usize) -> Self {
+impl<M: Weigh> RetainedStore<M> {
+    /// An empty store holding at most `max_messages` topics (0: none at all) of at most
+    /// `max_bytes` in all.
+    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
         let mut nodes = Slab::new();
         nodes.insert(Node {
             parent: ROOT,
@@ -63,7 +83,14 @@ impl<M> RetainedStore<M> {
             nodes,
             len: 0,
             max: max_messages,
+            bytes: 0,
+            max_bytes,
         }
+    }
+
+    /// Bytes held (topics plus message weights).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Retained messages stored.
@@ -96,20 +123,31 @@ impl<M> RetainedStore<M> {
             let Some(n) = self.find(topic) else {
                 return SetOutcome::NotFound;
             };
-            if self.nodes[n].value.take().is_none() {
+            let Some((_, old)) = self.nodes[n].value.take() else {
                 return SetOutcome::NotFound;
-            }
+            };
+            self.bytes -= topic.len() + old.weight();
             self.len -= 1;
             self.prune(n);
             return SetOutcome::Deleted;
         };
+        let weight = topic.len() + message.weight();
         if let Some(n) = self.find(topic) {
             if let Some(v) = self.nodes[n].value.as_mut() {
+                let held = self.bytes - (topic.len() + v.1.weight());
+                if held + weight > self.max_bytes {
+                    self.nodes[n].value = None;
+                    self.bytes = held;
+                    self.len -= 1;
+                    self.prune(n);
+                    return SetOutcome::RefusedRemoved;
+                }
                 v.1 = message;
+                self.bytes = held + weight;
                 return SetOutcome::Replaced;
             }
         }
-        if self.len >= self.max {
+        if self.len >= self.max || self.bytes + weight > self.max_bytes {
             return SetOutcome::Refused;
         }
         let mut n = ROOT;
@@ -130,6 +168,7 @@ impl<M> RetainedStore<M> {
         }
         self.nodes[n].value = Some((topic.into(), message));
         self.len += 1;
+        self.bytes += weight;
         SetOutcome::Stored
     }
 
@@ -214,7 +253,7 @@ mod tests {
 
     #[test]
     fn set_replace_delete_and_match() {
-        let mut s = RetainedStore::new(10);
+        let mut s = RetainedStore::new(10, usize::MAX);
         assert_eq!(s.set(b"a", Some(1)), SetOutcome::Stored);
         assert_eq!(s.set(b"a/b", Some(2)), SetOutcome::Stored);
         assert_eq!(s.set(b"a//c", Some(3)), SetOutcome::Stored);
@@ -238,12 +277,61 @@ mod tests {
 
     #[test]
     fn the_limit_refuses_new_topics_only() {
-        let mut s = RetainedStore::new(1);
+        let mut s = RetainedStore::new(1, usize::MAX);
         assert_eq!(s.set(b"a", Some(1)), SetOutcome::Stored);
         assert_eq!(s.set(b"b", Some(2)), SetOutcome::Refused);
         assert_eq!(s.set(b"a", Some(3)), SetOutcome::Replaced);
-        let mut none = RetainedStore::new(0);
+        let mut none = RetainedStore::new(0, usize::MAX);
         assert_eq!(none.set(b"a", Some(1)), SetOutcome::Refused);
+    }
+
+    #[test]
+    fn the_byte_bound_refuses_what_does_not_fit_and_never_keeps_a_stale_value() {
+        // Each entry weighs its topic plus 4.
+        let mut s = RetainedStore::new(100, 12);
+        assert_eq!(s.set(b"aa", Some(1)), SetOutcome::Stored);
+        assert_eq!(s.bytes(), 6);
+        assert_eq!(s.set(b"bb", Some(2)), SetOutcome::Stored);
+        assert_eq!(s.set(b"c", Some(3)), SetOutcome::Refused, "13 > 12");
+        assert_eq!(
+            s.set(b"aa", Some(4)),
+            SetOutcome::Replaced,
+            "same size fits"
+        );
+        assert_eq!(s.set(b"bb", None), SetOutcome::Deleted);
+        assert_eq!(s.bytes(), 6);
+        assert_eq!(s.set(b"c", Some(5)), SetOutcome::Stored);
+        assert_eq!(s.bytes(), 11);
+        let mut tight = RetainedStore::new(100, 6);
+        assert_eq!(tight.set(b"aa", Some(1)), SetOutcome::Stored);
+        assert_eq!(tight.set(b"aa", Some(2)), SetOutcome::Replaced);
+        let mut tiny = RetainedStore::new(100, 5);
+        assert_eq!(tiny.set(b"a", Some(1)), SetOutcome::Stored);
+        let mut big = RetainedStore::new(100, 5);
+        assert_eq!(big.set(b"a", Some(1)), SetOutcome::Stored);
+        assert_eq!(big.set(b"a/b", Some(1)), SetOutcome::Refused);
+        assert_eq!(big.get(b"a"), Some(&1));
+        assert_eq!(big.len(), 1);
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct Sized(usize);
+
+    impl Weigh for Sized {
+        fn weight(&self) -> usize {
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_replacement_past_the_byte_bound_removes_the_old_message() {
+        let mut s = RetainedStore::new(100, 10);
+        assert_eq!(s.set(b"t", Some(Sized(4))), SetOutcome::Stored);
+        assert_eq!(s.set(b"u", Some(Sized(3))), SetOutcome::Stored);
+        assert_eq!(s.set(b"t", Some(Sized(9))), SetOutcome::RefusedRemoved);
+        assert_eq!(s.get(b"t"), None);
+        assert_eq!((s.len(), s.bytes()), (1, 4));
+        assert_eq!(s.set(b"t", Some(Sized(5))), SetOutcome::Stored);
     }
 
     fn level() -> impl Strategy<Value = &'static str> {
@@ -259,7 +347,7 @@ mod tests {
                 1..10,
             ),
         ) {
-            let mut s = RetainedStore::new(usize::MAX);
+            let mut s = RetainedStore::new(usize::MAX, usize::MAX);
             let mut model = std::collections::HashMap::new();
             for (i, (levels, set)) in ops.into_iter().enumerate() {
                 let t = levels.join("/");

@@ -6,10 +6,10 @@
 //!  shard A (publisher's)                       shard B (a persistent subscriber's)
 //!  route: own writes up to wA  ─── store ───► durable[A] ≥ wA
 //!         envelope #k to B (durable flag) ──► deliver, append (B's write wB)
-//!                                             after the ring batch: Effect{A, k} waits
+//!                                             after the ring batch: effect (A, k) waits
 //!                                             for durable[B] ≥ wB ─ store ─┐
 //!  effected[A][B] ≥ k  ◄──────────────────────── effected[A][B] = k, ring A ┘
-//!  PUBACK released (FIFO: [MQTT-4.6.0-2])
+//!  PUBACK released (in order: [MQTT-4.6.0-2])
 //! ```
 //!
 //! - Writes are numbered per shard (`PendingWrite::numbered`); the store thread publishes
@@ -18,10 +18,13 @@
 //!   without any cannot write for a delivery), so clean-session traffic is acknowledged at
 //!   once, as with `relaxed`. Envelopes with the flag are counted per (sender, receiver)
 //!   pair; they are QoS ≥ 1 and never dropped, so both sides count the same sequence.
-//! - A shared-subscription message passed on by B to C (its member left) makes B's effect
-//!   for A wait for C's effect for B too.
-//! - Waiting entries are released strictly in order, which keeps the acknowledgements of
-//!   each connection in the order its PUBLISH packets came.
+//! - Two queues per shard, each released in order: held acknowledgements (which wait for
+//!   this shard's writes and for other shards' effects) and effects (which wait for this
+//!   shard's writes only). Effects never wait for acknowledgements or for other shards, so
+//!   no two shards can wait for each other.
+//! - Known gap: a shared-subscription message that its chosen shard passes on (every member
+//!   there left while it travelled) is passed on without the flag, so its acknowledgement
+//!   does not wait for the next shard's write.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,41 +33,38 @@ use smallvec::SmallVec;
 
 use crate::protocol::session::Ack;
 
-/// What a released entry does.
+/// A held acknowledgement: send it to the connection `token` (if it is still the one
+/// attached to the session at `slot`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Release {
-    /// Send the held acknowledgement to the connection `token` (if it is still the one
-    /// attached to the session at `slot`).
-    Ack {
-        /// The session's slot.
-        slot: u32,
-        /// The connection that sent the PUBLISH.
-        token: u64,
-        /// PUBACK or PUBREC, with the packet identifier.
-        ack: Ack,
-        /// Whether any subscriber matched (5.0 reason 0x10 otherwise).
-        matched: bool,
-    },
-    /// Tell shard `source` that its first `upto` durable envelopes to this shard have taken
-    /// effect here.
-    Effect {
-        /// The sending shard.
-        source: u16,
-        /// Its durable envelopes to this shard, counted from the start.
-        upto: u64,
-    },
+pub struct HeldAck {
+    /// The session's slot.
+    pub slot: u32,
+    /// The connection that sent the PUBLISH.
+    pub token: u64,
+    /// PUBACK or PUBREC, with the packet identifier.
+    pub ack: Ack,
+    /// Whether any subscriber matched (5.0 reason 0x10 otherwise).
+    pub matched: bool,
 }
 
-/// One held release and what it waits for.
+/// An effect to report: shard `source`'s first `upto` durable envelopes to this shard have
+/// taken effect here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Effect {
+    /// The sending shard.
+    pub source: u16,
+    /// Its durable envelopes to this shard, counted from the start.
+    pub upto: u64,
+}
+
 #[derive(Debug)]
-pub struct Deferred {
-    /// What to do once it is ready.
-    pub release: Release,
+struct Waiting<T> {
+    what: T,
     /// This shard's write that must be durable first (0: none).
-    pub write: u64,
+    write: u64,
     /// (shard, count): this many durable envelopes sent to that shard must have taken
     /// effect there first.
-    pub deps: SmallVec<[(u16, u64); 2]>,
+    deps: SmallVec<[(u16, u64); 2]>,
 }
 
 /// `effected[a][b]`: how many of shard a's durable envelopes to shard b have taken effect
@@ -95,13 +95,13 @@ impl Effects {
     }
 }
 
-/// One shard's side: what it sent and received with the durable flag, and its held
-/// releases.
+/// One shard's side: what it sent and received with the durable flag, and what it holds.
 #[derive(Debug)]
 pub struct Tracker {
     /// `durability = "sync"` with a store: hold acknowledgements.
     pub on: bool,
-    queue: VecDeque<Deferred>,
+    acks: VecDeque<Waiting<HeldAck>>,
+    effects: VecDeque<Waiting<Effect>>,
     sent: Vec<u64>,
     received: Vec<u64>,
     /// Shards sent durable envelopes since [`begin`](Self::begin).
@@ -114,7 +114,8 @@ impl Tracker {
     pub fn new(on: bool, n: usize) -> Self {
         Self {
             on,
-            queue: VecDeque::new(),
+            acks: VecDeque::new(),
+            effects: VecDeque::new(),
             sent: vec![0; n],
             received: vec![0; n],
             unit_mask: 0,
@@ -122,14 +123,15 @@ impl Tracker {
         }
     }
 
-    /// Held releases.
-    pub fn len(&self) -> usize {
-        self.queue.len()
+    /// Held acknowledgements (bounded by `limits.store_queue`: publishers stop being read
+    /// past it).
+    pub fn held(&self) -> usize {
+        self.acks.len()
     }
 
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.acks.is_empty() && self.effects.is_empty()
     }
 
     /// Starts a unit of work (routing one PUBLISH, or one ring batch) whose effects a
@@ -155,11 +157,15 @@ impl Tracker {
         self.received[source]
     }
 
-    /// Ends the unit: holds `release` until what the unit caused is durable. `writes` is
-    /// the shard's write count now. Returns the release back when nothing is held and the
-    /// unit caused nothing to wait for (carry it out at once).
-    pub fn end(&mut self, release: Release, writes: u64) -> Option<Release> {
-        let write = if writes > self.unit_writes { writes } else { 0 };
+    fn unit_write(&self, writes: u64) -> u64 {
+        if writes > self.unit_writes { writes } else { 0 }
+    }
+
+    /// Ends a PUBLISH's unit: holds its acknowledgement until what routing caused is
+    /// durable. `writes` is the shard's write count now. Returns it back when nothing is
+    /// held and nothing needs waiting for (send it at once).
+    pub fn end_ack(&mut self, ack: HeldAck, writes: u64) -> Option<HeldAck> {
+        let write = self.unit_write(writes);
         let mut deps = SmallVec::new();
         let mut mask = std::mem::take(&mut self.unit_mask);
         while mask != 0 {
@@ -167,29 +173,58 @@ impl Tracker {
             mask &= mask - 1;
             deps.push((d as u16, self.sent[d]));
         }
-        if write == 0 && deps.is_empty() && self.queue.is_empty() {
-            return Some(release);
+        if write == 0 && deps.is_empty() && self.acks.is_empty() {
+            return Some(ack);
         }
-        self.queue.push_back(Deferred {
-            release,
+        self.acks.push_back(Waiting {
+            what: ack,
             write,
             deps,
         });
         None
     }
 
-    /// Whether the oldest held release is ready: this shard's writes are durable up to
-    /// `durable`, and `effected(d)` tells how many of this shard's envelopes to `d` took
-    /// effect.
-    pub fn front_ready(&self, durable: u64, effected: impl Fn(usize) -> u64) -> bool {
-        self.queue.front().is_some_and(|d| {
-            d.write <= durable && d.deps.iter().all(|&(s, n)| effected(s as usize) >= n)
-        })
+    /// Ends a ring batch's unit: holds the effect until this shard's writes in it are
+    /// durable. Returns it back when it can be reported at once.
+    pub fn end_effect(&mut self, effect: Effect, writes: u64) -> Option<Effect> {
+        let write = self.unit_write(writes);
+        self.unit_mask = 0;
+        if write == 0 && self.effects.is_empty() {
+            return Some(effect);
+        }
+        self.effects.push_back(Waiting {
+            what: effect,
+            write,
+            deps: SmallVec::new(),
+        });
+        None
     }
 
-    /// Takes the oldest held release (call after [`front_ready`](Self::front_ready)).
-    pub fn pop(&mut self) -> Option<Release> {
-        self.queue.pop_front().map(|d| d.release)
+    /// Whether the oldest held acknowledgement or effect is ready: this shard's writes are
+    /// durable up to `durable`, and `effected(d)` tells how many of this shard's envelopes
+    /// to `d` took effect.
+    pub fn ready(&self, durable: u64, effected: impl Fn(usize) -> u64) -> bool {
+        self.effects.front().is_some_and(|w| w.write <= durable)
+            || self.acks.front().is_some_and(|w| {
+                w.write <= durable && w.deps.iter().all(|&(s, n)| effected(s as usize) >= n)
+            })
+    }
+
+    /// Takes the effects that are ready, oldest first.
+    pub fn pop_effect(&mut self, durable: u64) -> Option<Effect> {
+        if self.effects.front()?.write <= durable {
+            return self.effects.pop_front().map(|w| w.what);
+        }
+        None
+    }
+
+    /// Takes the oldest held acknowledgement if it is ready.
+    pub fn pop_ack(&mut self, durable: u64, effected: impl Fn(usize) -> u64) -> Option<HeldAck> {
+        let w = self.acks.front()?;
+        if w.write <= durable && w.deps.iter().all(|&(s, n)| effected(s as usize) >= n) {
+            return self.acks.pop_front().map(|w| w.what);
+        }
+        None
     }
 }
 
@@ -197,8 +232,8 @@ impl Tracker {
 mod tests {
     use super::*;
 
-    fn ack(id: u16) -> Release {
-        Release::Ack {
+    fn ack(id: u16) -> HeldAck {
+        HeldAck {
             slot: 0,
             token: 1,
             ack: Ack::PubAck(id),
@@ -210,30 +245,50 @@ mod tests {
     fn nothing_written_or_sent_is_released_at_once() {
         let mut t = Tracker::new(true, 2);
         t.begin(5);
-        assert_eq!(t.end(ack(1), 5), Some(ack(1)));
+        assert_eq!(t.end_ack(ack(1), 5), Some(ack(1)));
+        t.begin(5);
+        let e = Effect { source: 1, upto: 3 };
+        assert_eq!(t.end_effect(e, 5), Some(e));
         assert!(t.is_empty());
     }
 
     #[test]
-    fn a_release_waits_for_its_write_then_for_the_other_shards_effect_in_order() {
+    fn an_ack_waits_for_its_write_then_for_the_other_shards_effect_in_order() {
         let mut t = Tracker::new(true, 3);
         t.begin(0);
-        assert_eq!(t.end(ack(1), 1), None, "wrote #1");
+        assert_eq!(t.end_ack(ack(1), 1), None, "wrote #1");
         t.begin(1);
         t.sent(2);
-        assert_eq!(t.end(ack(2), 1), None, "sent #1 to shard 2");
+        assert_eq!(t.end_ack(ack(2), 1), None, "sent #1 to shard 2");
         t.begin(1);
-        assert_eq!(t.end(ack(3), 1), None, "nothing itself, but behind 2");
+        assert_eq!(t.end_ack(ack(3), 1), None, "nothing itself, but behind 2");
         let none = |_| 0;
-        assert!(!t.front_ready(0, none));
-        assert!(t.front_ready(1, none));
-        assert_eq!(t.pop(), Some(ack(1)));
-        assert!(!t.front_ready(1, none), "shard 2 has not taken #1 yet");
-        assert!(t.front_ready(1, |d| u64::from(d == 2)));
-        assert_eq!(t.pop(), Some(ack(2)));
-        assert!(t.front_ready(1, none));
-        assert_eq!(t.pop(), Some(ack(3)));
+        assert!(!t.ready(0, none));
+        assert_eq!(t.pop_ack(1, none), Some(ack(1)));
+        assert!(!t.ready(1, none), "shard 2 has not taken #1 yet");
+        assert_eq!(t.pop_ack(1, none), None);
+        let two = |d| u64::from(d == 2);
+        assert!(t.ready(1, two));
+        assert_eq!(t.pop_ack(1, two), Some(ack(2)));
+        assert_eq!(t.pop_ack(1, none), Some(ack(3)));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn effects_wait_for_writes_only_and_do_not_queue_behind_acks() {
+        let mut t = Tracker::new(true, 2);
+        t.begin(0);
+        t.sent(1);
+        assert_eq!(t.end_ack(ack(1), 0), None, "waits for shard 1");
+        t.begin(0);
+        let e = Effect { source: 1, upto: 1 };
+        assert_eq!(t.end_effect(e, 2), None, "wrote #2");
+        assert!(
+            t.ready(2, |_| 0),
+            "the effect is ready though the ack is not"
+        );
+        assert_eq!(t.pop_effect(2), Some(e));
+        assert_eq!(t.pop_ack(2, |_| 0), None);
     }
 
     #[test]

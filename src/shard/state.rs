@@ -17,10 +17,10 @@ use slab::Slab;
 use smallvec::SmallVec;
 
 use super::conn::{ConnShared, Filed};
-use super::durability::{Effects, Release, Tracker};
+use super::durability::{Effect, Effects, HeldAck, Tracker};
 use super::wheel::Wheel;
 use crate::config::Config;
-use crate::index::{LocalIndex, RetainedStore, Routes, SetOutcome, SharedRoutes};
+use crate::index::{LocalIndex, RetainedStore, Routes, SetOutcome, SharedRoutes, Weigh};
 use crate::mesh::{Consumer, Doorbell, Envelope, Producer, Wake};
 use crate::protocol::session::{
     Ack, Action, AppMessage, Delivered, Grant, Message, Outgoing, Session, SessionImage,
@@ -103,6 +103,17 @@ pub struct Stats {
     pub store_dropped: u64,
     /// Sessions ended by their Session Expiry Interval.
     pub sessions_expired: u64,
+    /// Retained messages not kept: past `limits.max_retained_messages` or
+    /// `max_retained_bytes` (delivered to subscribers all the same).
+    pub retained_refused: u64,
+}
+
+/// A retained message weighs its payload and its properties' strings and binaries, roughly:
+/// what the replica holds beyond the topic.
+impl Weigh for Message {
+    fn weight(&self) -> usize {
+        self.payload.len() + std::mem::size_of::<AppMessage>()
+    }
 }
 
 /// What a shard timer does when it fires (checked against the session's token first, so a
@@ -243,7 +254,7 @@ impl Shard {
         Self {
             id,
             count,
-            retained: RetainedStore::new(l.max_retained_messages),
+            retained: RetainedStore::new(l.max_retained_messages, l.max_retained_bytes),
             shared,
             limits,
             index: LocalIndex::new(),
@@ -329,7 +340,7 @@ impl Shard {
     pub fn backpressured(&self) -> bool {
         self.overflow_len > 0
             || self.store_behind()
-            || self.durability.len() > self.shared.config.limits.store_queue
+            || self.durability.held() > self.shared.config.limits.store_queue
     }
 
     /// Whether this shard's store backlog is past half `limits.store_queue`: the shard also
@@ -413,12 +424,12 @@ impl Shard {
             }
             let upto = self.durability.received_from(source);
             if upto > before {
-                let effect = Release::Effect {
+                let effect = Effect {
                     source: source as u16,
                     upto,
                 };
-                if let Some(r) = self.durability.end(effect, self.store_writes) {
-                    self.carry_out(r);
+                if let Some(e) = self.durability.end_effect(effect, self.store_writes) {
+                    self.report(e);
                 }
             }
         }
@@ -443,11 +454,8 @@ impl Shard {
         match env {
             Envelope::Publish { msg, .. } => self.deliver_local(&msg),
             Envelope::Shared {
-                msg,
-                group,
-                tried,
-                durable,
-            } => self.deliver_shared(msg, group, tried, durable),
+                msg, group, tried, ..
+            } => self.deliver_shared(msg, group, tried),
             Envelope::Retain(m) => {
                 self.set_retained(m);
             }
@@ -908,7 +916,12 @@ impl Shard {
                     self.store_retained(msg.topic.as_bytes(), Some(&msg));
                 }
                 SetOutcome::Deleted => self.store_retained(msg.topic.as_bytes(), None),
-                SetOutcome::NotFound | SetOutcome::Refused => {}
+                SetOutcome::RefusedRemoved => {
+                    self.retained_refused();
+                    self.store_retained(msg.topic.as_bytes(), None);
+                }
+                SetOutcome::Refused => self.retained_refused(),
+                SetOutcome::NotFound => {}
             }
         }
         let mask = self.shared.routes.lookup(msg.topic.as_bytes());
@@ -937,6 +950,21 @@ impl Shard {
         matched
     }
 
+    /// Counts (and logs at 1, 2, 4 … refusals) a retained message the bounds kept out.
+    fn retained_refused(&mut self) {
+        self.stats.retained_refused += 1;
+        if self.stats.retained_refused.is_power_of_two() {
+            let l = &self.shared.config.limits;
+            tracing::warn!(
+                shard = self.id,
+                refused = self.stats.retained_refused,
+                "retained message not kept: limits.max_retained_messages ({}) or max_retained_bytes ({}) reached",
+                l.max_retained_messages,
+                l.max_retained_bytes
+            );
+        }
+    }
+
     /// Sends a message for the shared group `group` to one shard of `mask` not in `tried`,
     /// round-robin over those shards (this one included, delivering locally when chosen), so
     /// a group spread over shards is balanced across them whichever shard publishes.
@@ -960,7 +988,7 @@ impl Shard {
         }
         let dest = bits.trailing_zeros() as usize;
         if dest == self.id {
-            return self.deliver_shared(msg, group, tried, wait);
+            return self.deliver_shared(msg, group, tried);
         }
         let durable = self.durable_to(dest, wait);
         self.send(
@@ -991,7 +1019,7 @@ impl Shard {
     /// shard of the group not yet tried; only when every shard was tried does a parked
     /// (persistent, offline) member here queue it. The member gets it as its own
     /// subscription grants (QoS, Retain As Published, Subscription Identifier).
-    fn deliver_shared(&mut self, msg: Message, group: TopicFilter, tried: u64, wait: bool) {
+    fn deliver_shared(&mut self, msg: Message, group: TopicFilter, tried: u64) {
         let me = 1u64 << self.id;
         let mask = self.shared.shared_routes.mask(&group);
         let last_resort = mask & !(tried | me) == 0;
@@ -1013,7 +1041,9 @@ impl Shard {
             Some(g.members[i])
         });
         let Some((slot, sub)) = chosen else {
-            return self.send_shared(msg, group, mask, tried | me, wait);
+            // Passed on without the durable flag: this shard's effect for the sender must
+            // not wait for another shard's (see `shard::durability`, known gap).
+            return self.send_shared(msg, group, mask, tried | me, false);
         };
         let grant = Grant {
             qos: sub.options.qos,
@@ -1229,7 +1259,7 @@ impl Shard {
         self.flush();
     }
 
-    /// Whether the oldest held release (`durability = "sync"`) is ready.
+    /// Whether a held acknowledgement or effect (`durability = "sync"`) is ready.
     fn release_ready(&self) -> bool {
         if self.durability.is_empty() {
             return false;
@@ -1239,45 +1269,50 @@ impl Shard {
         };
         let (me, effects) = (self.id, &self.shared.effects);
         self.durability
-            .front_ready(store.durable(me), |d| effects.get(me, d))
+            .ready(store.durable(me), |d| effects.get(me, d))
     }
 
-    /// Carries out the held releases that are ready, oldest first.
+    /// Reports the effects and sends the acknowledgements that are ready, oldest first.
     fn release_durable(&mut self) {
-        while self.release_ready() {
-            if let Some(r) = self.durability.pop() {
-                self.carry_out(r);
-            }
+        if self.durability.is_empty() {
+            return;
+        }
+        let Some(store) = &self.shared.store else {
+            return;
+        };
+        let durable = store.durable(self.id);
+        while let Some(e) = self.durability.pop_effect(durable) {
+            self.report(e);
+        }
+        let shared = self.shared.clone();
+        let me = self.id;
+        while let Some(a) = self
+            .durability
+            .pop_ack(durable, |d| shared.effects.get(me, d))
+        {
+            self.send_ack(a);
         }
     }
 
-    /// Sends a released acknowledgement (if its connection is still the session's) or
-    /// publishes a released effect to its sending shard and rings it.
-    fn carry_out(&mut self, r: Release) {
-        match r {
-            Release::Ack {
-                slot,
-                token,
-                ack,
-                matched,
-            } => {
-                let Some(e) = self.sessions.get_mut(slot as usize) else {
-                    return;
-                };
-                if e.token != token {
-                    return;
-                }
-                e.session.ack(ack, matched);
-                if let Some(c) = &e.conn {
-                    c.wake_writer();
-                }
-            }
-            Release::Effect { source, upto } => {
-                let source = usize::from(source);
-                self.shared.effects.set(source, self.id, upto);
-                self.shared.doorbells[source].notify();
-            }
+    /// Sends a held acknowledgement, if its connection is still the session's.
+    fn send_ack(&mut self, a: HeldAck) {
+        let Some(e) = self.sessions.get_mut(a.slot as usize) else {
+            return;
+        };
+        if e.token != a.token {
+            return;
         }
+        e.session.ack(a.ack, a.matched);
+        if let Some(c) = &e.conn {
+            c.wake_writer();
+        }
+    }
+
+    /// Publishes an effect to the shard whose envelopes it counts, and rings that shard.
+    fn report(&self, e: Effect) {
+        let source = usize::from(e.source);
+        self.shared.effects.set(source, self.id, e.upto);
+        self.shared.doorbells[source].notify();
     }
 
     /// Hands the store what its channel had no room for before, in order.
@@ -1394,14 +1429,14 @@ impl Shard {
                     // durability = "sync": the acknowledgement waits for what routing wrote.
                     self.durability.begin(self.store_writes);
                     let matched = self.route_with(msg, true);
-                    let release = Release::Ack {
+                    let held = HeldAck {
                         slot: slot as u32,
                         token: self.sessions[slot].token,
                         ack,
                         matched,
                     };
-                    if let Some(r) = self.durability.end(release, self.store_writes) {
-                        self.carry_out(r);
+                    if let Some(a) = self.durability.end_ack(held, self.store_writes) {
+                        self.send_ack(a);
                     }
                 }
                 Action::Subscribe {

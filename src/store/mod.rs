@@ -788,6 +788,34 @@ mod tests {
     }
 
     #[test]
+    fn sync_reports_each_shards_last_durable_write_and_wakes_it() {
+        let dir = temp("sync");
+        let mut o = options(&dir);
+        o.sync = true;
+        o.shards = 2;
+        let (woken_tx, woken) = std::sync::mpsc::channel();
+        let wake = Box::new(move |shard| {
+            let _ = woken_tx.send(shard);
+        });
+        let (store, _, thread) = Store::open(&o, 0, wake).unwrap();
+        assert_eq!((store.durable(0), store.durable(1)), (0, 0));
+        let value = codec::encode_message(&retained("a", b"1"), None);
+        for no in 1..=3 {
+            let w = PendingWrite::retained(b"a", Some(value.clone())).numbered(1, no);
+            store.retry(w).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.durable(1) < 3 {
+            assert_eq!(woken.recv_timeout(Duration::from_secs(10)), Ok(1));
+            assert!(Instant::now() < deadline);
+        }
+        assert_eq!(store.durable(0), 0, "shard 0 wrote nothing");
+        drop(store);
+        thread.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_delivery_completed_within_its_batch_is_not_written() {
         let q = |seq| Cmd::Queue {
             client_id: b"a".to_vec(),
