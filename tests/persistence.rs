@@ -285,6 +285,18 @@ fn persistent(b: &Broker, v: Version, id: &str) -> (Raw, bool) {
     }
 }
 
+/// A persistent session subscribed to `filter` at `qos` (its SUBACK received).
+fn subscribed(b: &Broker, v: Version, id: &str, filter: &'static str, qos: QoS) -> Raw {
+    let (mut s, _) = persistent(b, v, id);
+    s.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        filters: vec![(TopicFilter::from(filter), SubscriptionOptions::qos(qos))],
+        properties: Default::default(),
+    }));
+    assert!(matches!(s.recv(), Some(Packet::SubAck(_))));
+    s
+}
+
 /// Receives `n` PUBLISHes, completing each one's QoS flow; returns their payloads.
 fn receive(raw: &mut Raw, n: usize) -> Vec<Vec<u8>> {
     use shardmq::protocol::PubAck;
@@ -418,29 +430,37 @@ fn a_session_that_expires_while_the_broker_is_down_is_gone_and_its_will_sent() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A broker on a fresh data directory with a connected persistent session `live-sub`
+/// subscribed to `q/#` at `qos`, and the `n` messages a publisher sent it at that QoS, as
+/// the session received them (not acknowledged yet).
+fn connected_with(
+    shards: usize,
+    v: Version,
+    qos: QoS,
+    n: u16,
+) -> (std::path::PathBuf, Broker, Raw, Vec<Publish>) {
+    let dir = temp_dir("persist-live");
+    let b = start(shards, &dir);
+    let mut s = subscribed(&b, v, "live-sub", "q/#", qos);
+    let mut p = client(&b, "publisher");
+    publish_numbered(&mut p, n, qos, 1);
+    let got = (0..n)
+        .map(|i| match s.recv() {
+            Some(Packet::Publish(m)) => m,
+            other => panic!("message {i}: {other:?}"),
+        })
+        .collect();
+    (dir, b, s, got)
+}
+
 #[test]
 fn a_connected_session_gets_back_what_it_had_not_acknowledged_after_kill_9() {
     use shardmq::protocol::PubAck;
     for shards in [1, 3] {
-        let dir = temp_dir("persist-live");
-        let mut b = start(shards, &dir);
-        let (mut s, _) = persistent(&b, Version::V3_1_1, "live-sub");
-        s.send(&Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters: vec![(
-                TopicFilter::from("q/#"),
-                SubscriptionOptions::qos(QoS::AtLeastOnce),
-            )],
-            properties: Default::default(),
-        }));
-        assert!(matches!(s.recv(), Some(Packet::SubAck(_))));
-        let mut p = client(&b, "publisher");
-        publish_numbered(&mut p, 10, QoS::AtLeastOnce, 1);
+        let (dir, mut b, mut s, got) =
+            connected_with(shards, Version::V3_1_1, QoS::AtLeastOnce, 10);
         let mut unacked = Vec::new();
-        for i in 0..10 {
-            let Some(Packet::Publish(m)) = s.recv() else {
-                panic!("message {i}")
-            };
+        for (i, m) in got.into_iter().enumerate() {
             if i < 6 {
                 s.send(&Packet::PubAck(PubAck::new(m.packet_id)));
             } else {
@@ -451,7 +471,7 @@ fn a_connected_session_gets_back_what_it_had_not_acknowledged_after_kill_9() {
         s.send(&Packet::PingReq);
         assert!(matches!(s.recv(), Some(Packet::PingResp)));
         kill(&mut b, true);
-        drop((s, p, b));
+        drop((s, b));
         let b = start(shards, &dir);
         let (mut s, present) = persistent(&b, Version::V3_1_1, "live-sub");
         assert!(present);
@@ -617,13 +637,7 @@ fn every_acknowledged_message_survives_kill_9_at_random_points() {
     }
     let b = Broker::start(shards, &args);
     for (id, qos) in &ids {
-        let (mut s, _) = persistent(&b, Version::V3_1_1, id);
-        s.send(&Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters: vec![(TopicFilter::from("crash/#"), SubscriptionOptions::qos(*qos))],
-            properties: Default::default(),
-        }));
-        assert!(matches!(s.recv(), Some(Packet::SubAck(_))));
+        drop(subscribed(&b, Version::V3_1_1, id, "crash/#", *qos));
     }
     let mut c = client(&b, "crash-retainer");
     retain(&mut c, "crash/retained", b"kept", None, 1);
@@ -706,4 +720,111 @@ fn every_acknowledged_message_survives_kill_9_at_random_points() {
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&config);
+}
+
+/// [MQTT-4.4.0-1] across a crash: a connected persistent session's QoS 2 deliveries in
+/// flight come back under their packet identifiers after kill -9: PUBREL for those the client
+/// had sent PUBREC for, the PUBLISH again (DUP) for the others, and nothing else.
+#[test]
+fn qos2_deliveries_in_flight_keep_their_packet_identifiers_across_kill_9() {
+    use shardmq::protocol::PubAck;
+    for shards in [1, 2] {
+        let (dir, mut b, mut s, got) = connected_with(shards, Version::V5, QoS::ExactlyOnce, 4);
+        let ids: Vec<(u16, Vec<u8>)> = got
+            .into_iter()
+            .map(|m| (m.packet_id, m.payload.to_vec()))
+            .collect();
+        // PUBREC for the first two; PUBCOMP for none.
+        for (id, _) in &ids[..2] {
+            s.send(&Packet::PubRec(PubAck::new(*id)));
+            assert!(matches!(s.recv(), Some(Packet::PubRel(r)) if r.packet_id == *id));
+        }
+        kill(&mut b, true);
+        drop((s, b));
+        let b = start(shards, &dir);
+        let (mut s, present) = persistent(&b, Version::V5, "live-sub");
+        assert!(present);
+        for (id, _) in &ids[..2] {
+            match s.recv() {
+                Some(Packet::PubRel(r)) => assert_eq!(r.packet_id, *id),
+                other => panic!("expected PUBREL {id}, got {other:?}"),
+            }
+        }
+        for (id, payload) in &ids[2..] {
+            match s.recv() {
+                Some(Packet::Publish(m)) => {
+                    assert_eq!((m.packet_id, m.dup), (*id, true));
+                    assert_eq!(&m.payload[..], &payload[..]);
+                }
+                other => panic!("expected PUBLISH {id} again, got {other:?}"),
+            }
+        }
+        for (id, _) in &ids[..2] {
+            s.send(&Packet::PubComp(PubAck::new(*id)));
+        }
+        for (id, _) in &ids[2..] {
+            s.send(&Packet::PubRec(PubAck::new(*id)));
+            assert!(matches!(s.recv(), Some(Packet::PubRel(r)) if r.packet_id == *id));
+            s.send(&Packet::PubComp(PubAck::new(*id)));
+        }
+        s.send(&Packet::PingReq);
+        assert!(
+            matches!(s.recv(), Some(Packet::PingResp)),
+            "and nothing more"
+        );
+        drop(b);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// [MQTT-4.3.3-10] across a crash: a QoS 2 PUBLISH the broker sent PUBREC for is not
+/// delivered again when the publisher, reconnecting after kill -9, sends it again before
+/// its PUBREL.
+#[test]
+fn an_unreleased_incoming_qos2_message_is_not_delivered_twice_after_kill_9() {
+    use shardmq::protocol::PubAck;
+    let dir = temp_dir("persist-qos2-in");
+    let mut b = start(2, &dir);
+    drop(subscribed(
+        &b,
+        Version::V5,
+        "q2-reader",
+        "q/#",
+        QoS::ExactlyOnce,
+    ));
+    let once = Publish {
+        qos: QoS::ExactlyOnce,
+        topic: "q/once".into(),
+        packet_id: 7,
+        payload: Bytes::from_static(b"only once"),
+        ..Default::default()
+    };
+    let (mut p, _) = persistent(&b, Version::V5, "q2-writer");
+    p.send(&Packet::Publish(once.clone()));
+    assert!(matches!(p.recv(), Some(Packet::PubRec(a)) if a.packet_id == 7));
+    kill(&mut b, true);
+    drop((p, b));
+    let b = start(2, &dir);
+    let (mut p, present) = persistent(&b, Version::V5, "q2-writer");
+    assert!(present);
+    p.send(&Packet::Publish(Publish { dup: true, ..once }));
+    assert!(matches!(p.recv(), Some(Packet::PubRec(a)) if a.packet_id == 7));
+    p.send(&Packet::PubRel(PubAck::new(7)));
+    assert!(
+        matches!(p.recv(), Some(Packet::PubComp(c)) if c.packet_id == 7 && c.reason == ReasonCode::SUCCESS),
+        "the identifier was still awaiting its PUBREL"
+    );
+    let (mut s, _) = persistent(&b, Version::V5, "q2-reader");
+    assert_eq!(receive(&mut s, 1), [b"only once".to_vec()]);
+    let Some(Packet::PubRel(r)) = s.recv() else {
+        panic!("PUBREL for the one delivery")
+    };
+    s.send(&Packet::PubComp(PubAck::new(r.packet_id)));
+    s.send(&Packet::PingReq);
+    match s.recv() {
+        Some(Packet::PingResp) => {}
+        other => panic!("delivered once, then {other:?}"),
+    }
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -257,6 +257,33 @@ pub enum Ack {
     PubRec(u16),
 }
 
+/// A change of QoS 2 state the store must keep for a persistent session, so that after a
+/// crash the session resends what it had in flight under the original packet identifiers
+/// and PUBREL where PUBREC had come [MQTT-4.4.0-1], and does not deliver twice a QoS 2
+/// message whose PUBREL had not come yet [MQTT-4.3.3-10] (see [`Session::drain_done`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Qos2Event {
+    /// Outgoing: the delivery with store sequence `seq` went out as packet `id`.
+    Sent { id: u16, seq: u64 },
+    /// Outgoing: PUBREC came for packet `id` (delivery `seq`): PUBREL is owed.
+    Released { id: u16, seq: u64 },
+    /// Outgoing: packet `id` is complete (PUBCOMP, or dropped).
+    Completed { id: u16 },
+    /// Incoming: a QoS 2 PUBLISH with packet `id` was accepted; PUBREL is awaited.
+    Received { id: u16 },
+    /// Incoming: PUBREL came for packet `id`.
+    Freed { id: u16 },
+}
+
+/// One thing the store must learn about a persistent session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StoreChange {
+    /// The delivery with this store sequence number is complete.
+    Done(u64),
+    /// A QoS 2 state change.
+    Qos2(Qos2Event),
+}
+
 /// What became of a message given to [`Session::deliver`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivered {
@@ -506,8 +533,9 @@ pub struct Session {
     suback_why: Option<&'static str>,
     /// Window entries still to be resent after a reconnect (over the Receive Maximum).
     replay_pending: Vec<u16>,
-    /// Store sequence numbers of deliveries completed since the shard last looked.
-    done: Vec<u64>,
+    /// What the store must learn since the shard last looked: deliveries completed (their
+    /// store sequence numbers) and QoS 2 state changes.
+    changes: Vec<StoreChange>,
     /// The next store sequence number for a delivery to this session.
     store_seq: u64,
     /// The store may hold records of this session (an image or deliveries).
@@ -543,7 +571,7 @@ impl Session {
             aliases: None,
             suback_why: None,
             replay_pending: Vec::new(),
-            done: Vec::new(),
+            changes: Vec::new(),
             store_seq: 1,
             image_stored: false,
             tx: BytesMut::new(),
@@ -625,23 +653,35 @@ impl Session {
         seq
     }
 
-    /// Whether deliveries completed since the last [`drain_done`](Self::drain_done).
+    /// Whether deliveries completed, or QoS 2 state changed, since the last
+    /// [`drain_done`](Self::drain_done) / [`drain_qos2`](Self::drain_qos2).
     #[inline]
     pub fn has_done(&self) -> bool {
-        !self.done.is_empty()
+        !self.changes.is_empty()
     }
 
-    /// Hands the shard the store sequence numbers of deliveries completed (acknowledged,
-    /// dropped, or given to another member) since the last call.
-    pub fn drain_done(&mut self, mut f: impl FnMut(u64)) {
-        for seq in self.done.drain(..) {
-            f(seq);
+    /// Records a QoS 2 state change if the store keeps this session.
+    fn qos2_event(&mut self, e: Qos2Event) {
+        if self.persistent && self.image_stored {
+            self.changes.push(StoreChange::Qos2(e));
+        }
+    }
+
+    /// Hands the shard, since the last call, the store sequence numbers of deliveries
+    /// completed (acknowledged, dropped, or given to another member) through `done`, and
+    /// the QoS 2 state changes through `qos2`, oldest first.
+    pub fn drain_done(&mut self, mut done: impl FnMut(u64), mut qos2: impl FnMut(Qos2Event)) {
+        for c in self.changes.drain(..) {
+            match c {
+                StoreChange::Done(seq) => done(seq),
+                StoreChange::Qos2(e) => qos2(e),
+            }
         }
     }
 
     fn finished(&mut self, o: Option<Outgoing>) {
         if let Some(o) = o.filter(|o| o.seq != 0) {
-            self.done.push(o.seq);
+            self.changes.push(StoreChange::Done(o.seq));
         }
     }
 
@@ -1030,12 +1070,18 @@ impl Session {
                 };
                 match outcome {
                     AckOutcome::SendPubRel(o) => {
-                        // The client has the message: the store need not keep it.
+                        // The client has the message: the store keeps only that PUBREL
+                        // is owed.
+                        if o.seq != 0 {
+                            let (id, seq) = (a.packet_id, o.seq);
+                            self.qos2_event(Qos2Event::Released { id, seq });
+                        }
                         self.finished(Some(o));
                         self.encode_id_only(0x62, a.packet_id);
                     }
                     AckOutcome::ResendPubRel => self.encode_id_only(0x62, a.packet_id),
                     AckOutcome::Completed(o) => {
+                        self.qos2_event(Qos2Event::Completed { id: a.packet_id });
                         self.finished(o);
                         self.pump(now);
                     }
@@ -1049,11 +1095,16 @@ impl Session {
             }
             Packet::PubComp(a) => {
                 if let AckOutcome::Completed(_) = self.out.pubcomp(a.packet_id) {
+                    self.qos2_event(Qos2Event::Completed { id: a.packet_id });
                     self.pump(now);
                 }
             }
             Packet::PubRel(a) => {
-                if self.inbound.pubrel(a.packet_id) || !version.is_v5() {
+                let known = self.inbound.pubrel(a.packet_id);
+                if known {
+                    self.qos2_event(Qos2Event::Freed { id: a.packet_id });
+                }
+                if known || !version.is_v5() {
                     self.encode_id_only(0x70, a.packet_id);
                 } else {
                     let mut comp = PubAck::new(a.packet_id);
@@ -1284,10 +1335,13 @@ impl Session {
                 ack: Ack::PubAck(id),
             }),
             QoS::ExactlyOnce => match self.inbound.publish(id) {
-                IncomingQos2::Deliver => actions.push(Action::Publish {
-                    msg: message(p),
-                    ack: Ack::PubRec(id),
-                }),
+                IncomingQos2::Deliver => {
+                    self.qos2_event(Qos2Event::Received { id });
+                    actions.push(Action::Publish {
+                        msg: message(p),
+                        ack: Ack::PubRec(id),
+                    })
+                }
                 IncomingQos2::Duplicate => {
                     self.encode_id_only(0x50, id);
                 }
@@ -1629,8 +1683,12 @@ impl Session {
         let qos2 = o.qos == QoS::ExactlyOnce;
         let (msg, qos, retain) = (o.msg.clone(), o.qos, o.retain);
         let ids: SmallVec<[u32; 2]> = SmallVec::from_slice(o.ids());
+        let seq = o.seq;
         match self.out.push(o, qos2) {
             Ok(packet_id) => {
+                if qos2 && seq != 0 {
+                    self.qos2_event(Qos2Event::Sent { id: packet_id, seq });
+                }
                 if self.encode_msg(&msg, qos, retain, &ids, false, packet_id, now) {
                     Delivered::Sent
                 } else {
@@ -1700,7 +1758,8 @@ impl Session {
                 if o.share().is_some() {
                     self.queued_bytes -= o.cost();
                     if o.seq != 0 {
-                        self.done.push(std::mem::take(&mut o.seq));
+                        self.changes
+                            .push(StoreChange::Done(std::mem::take(&mut o.seq)));
                     }
                     taken.push(o);
                 } else {
@@ -1727,7 +1786,8 @@ impl Session {
             };
             if let AckOutcome::Completed(Some(mut o)) = outcome {
                 if o.seq != 0 {
-                    self.done.push(std::mem::take(&mut o.seq));
+                    self.changes
+                        .push(StoreChange::Done(std::mem::take(&mut o.seq)));
                 }
                 taken.push(o);
             }

@@ -1197,10 +1197,13 @@ impl Shard {
             );
             let w = PendingWrite::queued(e.session.client_id().as_bytes(), grant.seq, value);
             self.store_write(w);
+            // Sent at once: its packet identifier (QoS 2) goes to the store right behind it.
+            self.store_done(slot);
         }
     }
 
-    /// Removes from the store the deliveries the session at `slot` completed.
+    /// Removes from the store the deliveries the session at `slot` completed, and writes its
+    /// QoS 2 state changes.
     fn store_done(&mut self, slot: usize) {
         if !self
             .sessions
@@ -1213,10 +1216,15 @@ impl Shard {
             return;
         };
         let mut seqs = Vec::new();
-        e.session.drain_done(|seq| seqs.push(seq));
+        let mut events: SmallVec<[crate::protocol::session::Qos2Event; 4]> = SmallVec::new();
+        e.session
+            .drain_done(|seq| seqs.push(seq), |ev| events.push(ev));
+        let client_id = e.session.client_id().clone();
         if !seqs.is_empty() {
-            let w = PendingWrite::done(e.session.client_id().as_bytes(), seqs);
-            self.store_write(w);
+            self.store_write(PendingWrite::done(client_id.as_bytes(), seqs));
+        }
+        for ev in events {
+            self.store_write(PendingWrite::qos2(client_id.as_bytes(), ev));
         }
     }
 
@@ -1429,6 +1437,11 @@ impl Shard {
                     // durability = "sync": the acknowledgement waits for what routing wrote.
                     self.durability.begin(self.store_writes);
                     let matched = self.route_with(msg, true);
+                    if matches!(ack, Ack::PubRec(_)) {
+                        // The packet identifier awaiting PUBREL is part of what PUBREC waits
+                        // for (a resent PUBLISH must not be routed twice).
+                        self.store_done(slot);
+                    }
                     let held = HeldAck {
                         slot: slot as u32,
                         token: self.sessions[slot].token,

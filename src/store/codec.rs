@@ -460,9 +460,57 @@ pub fn decode_session(
     Ok((image, d))
 }
 
+/// Encodes an outgoing QoS 2 delivery in flight (the `inflight` partition, keyed by client
+/// id and packet identifier): its store sequence number, and whether PUBREC came.
+pub fn encode_inflight(seq: u64, released: bool) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9);
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.push(u8::from(released));
+    v
+}
+
+/// The packet identifier at the end of an `inflight` / `inbound` key.
+pub fn decode_packet_id(key: &[u8]) -> Option<u16> {
+    let at = key.len().checked_sub(2)?;
+    let id = u16::from_be_bytes([key[at], key[at + 1]]);
+    (id != 0).then_some(id)
+}
+
+/// Decodes an `inflight` record: (packet identifier, store sequence, PUBREC came).
+pub fn decode_inflight(key: &[u8], value: &[u8]) -> Option<(u16, u64, bool)> {
+    let id = decode_packet_id(key)?;
+    let seq = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    let released = match value.get(8)? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    (value.len() == 9).then_some((id, seq, released))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inflight_records_round_trip_and_bad_ones_are_refused() {
+        let key = [b"client".as_slice(), &[0], &7u16.to_be_bytes()].concat();
+        assert_eq!(
+            decode_inflight(&key, &encode_inflight(42, true)),
+            Some((7, 42, true))
+        );
+        assert_eq!(
+            decode_inflight(&key, &encode_inflight(1, false)),
+            Some((7, 1, false))
+        );
+        assert_eq!(decode_inflight(&key, &[0; 8]), None, "short");
+        assert_eq!(
+            decode_inflight(&key, &[0, 0, 0, 0, 0, 0, 0, 1, 2]),
+            None,
+            "state 2"
+        );
+        assert_eq!(decode_packet_id(b"c\0\0\0"), None, "packet id 0");
+    }
 
     fn message() -> AppMessage {
         let mut p = Publish {

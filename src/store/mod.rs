@@ -4,9 +4,13 @@
 //! What it keeps: the retained messages; every persistent session's image (subscriptions,
 //! expiry, unreleased incoming QoS 2 ids, delayed will), written when it parks; and each
 //! QoS ≥ 1 delivery to a persistent session, appended when it is queued or sent and removed
-//! when it completes (PUBACK, PUBREC, or dropped), connected or not. After a crash a session
-//! comes back with every delivery not yet complete, queued again (a QoS 1/2 message that was
-//! in flight is sent again with a new packet identifier).
+//! when it completes (PUBACK, PUBREC, or dropped), connected or not; for QoS 2 also the
+//! packet identifier each delivery went out under and whether its PUBREC came (`inflight`),
+//! and the identifiers of incoming messages awaiting PUBREL (`inbound`). After a crash a
+//! session comes back with every delivery not yet complete: QoS 2 ones in flight back in the
+//! window under their identifiers (PUBLISH again with DUP, or PUBREL), everything else
+//! queued (a QoS 1 message that was in flight goes out again under a new identifier, which
+//! QoS 1 allows: at least once).
 //!
 //! Each shard numbers its writes. With `durability = "sync"` the store thread fsyncs every
 //! batch (group commit: one fsync for whatever all the shards sent meanwhile) and then
@@ -39,7 +43,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
-use crate::protocol::session::{AppMessage, SessionImage};
+use crate::protocol::inflight::OutState;
+use crate::protocol::session::{AppMessage, Qos2Event, SessionImage};
 
 /// The store format this version writes, recorded in the `meta` partition.
 pub const STORE_FORMAT: u32 = 1;
@@ -96,6 +101,11 @@ enum Cmd {
         client_id: Vec<u8>,
         seq: u64,
         value: Vec<u8>,
+    },
+    /// A persistent session's QoS 2 state changed (`inflight` / `inbound` partitions).
+    Qos2 {
+        client_id: Vec<u8>,
+        event: Qos2Event,
     },
     /// The session ended: forget it and its queue.
     EndSession { client_id: Vec<u8> },
@@ -190,9 +200,11 @@ impl Store {
             }
         };
         let fail = |e: fjall::Error| format!("persistence.data_dir {}: {e}", o.dir.display());
-        let meta = ks
-            .open_partition("meta", PartitionCreateOptions::default())
-            .map_err(fail)?;
+        let open = |name: &str| {
+            ks.open_partition(name, PartitionCreateOptions::default())
+                .map_err(fail)
+        };
+        let meta = open("meta")?;
         match meta.get("format").map_err(fail)? {
             Some(v) => {
                 let found = <[u8; 4]>::try_from(&v[..])
@@ -211,9 +223,7 @@ impl Store {
                     .map_err(fail)?;
             }
         }
-        let retained = ks
-            .open_partition("retained", PartitionCreateOptions::default())
-            .map_err(fail)?;
+        let retained = open("retained")?;
         let mut rec = Recovered::default();
         let now = unix_now();
         let mut gone: Vec<Vec<u8>> = Vec::new();
@@ -239,12 +249,10 @@ impl Store {
         for k in gone {
             retained.remove(k).map_err(fail)?;
         }
-        let sessions = ks
-            .open_partition("sessions", PartitionCreateOptions::default())
-            .map_err(fail)?;
-        let queued = ks
-            .open_partition("queued", PartitionCreateOptions::default())
-            .map_err(fail)?;
+        let sessions = open("sessions")?;
+        let queued = open("queued")?;
+        let inflight = open("inflight")?;
+        let inbound = open("inbound")?;
         let mut gone: Vec<Vec<u8>> = Vec::new();
         for kv in sessions.iter() {
             let (k, v) = kv.map_err(fail)?;
@@ -272,6 +280,29 @@ impl Store {
                     }
                 }
             }
+            // QoS 2 deliveries that were in flight go back into the window under their packet
+            // identifiers (PUBLISH again, or PUBREL where PUBREC had come).
+            for kv in inflight.prefix(queue_prefix(&k)) {
+                let (ik, v) = kv.map_err(fail)?;
+                let Some((id, seq, released)) = codec::decode_inflight(&ik, &v) else {
+                    rec.unreadable += 1;
+                    continue;
+                };
+                if released {
+                    image.inflight.push((id, OutState::AwaitPubComp, None));
+                } else if let Some(i) = image.queue.iter().position(|o| o.seq == seq) {
+                    let o = image.queue.remove(i);
+                    image.inflight.push((id, OutState::AwaitPubRec, Some(o)));
+                }
+            }
+            for kv in inbound.prefix(queue_prefix(&k)) {
+                let (ik, _) = kv.map_err(fail)?;
+                if let Some(id) = codec::decode_packet_id(&ik) {
+                    if !image.inbound.contains(&id) {
+                        image.inbound.push(id);
+                    }
+                }
+            }
             // Written while connected: the session is parked from now on.
             let mut d = d;
             if d.session_end.is_none() && image.expiry != u32::MAX {
@@ -284,8 +315,15 @@ impl Store {
                 rec.sessions.push((image, d));
             }
         }
+        let parts = Parts {
+            retained,
+            sessions,
+            queued,
+            inflight,
+            inbound,
+        };
         for k in gone {
-            end_session(&ks, &sessions, &queued, &k).map_err(fail)?;
+            end_session(&ks, &parts, &k).map_err(fail)?;
         }
         rec.took = started.elapsed();
         let (tx, rx) = sync_channel(o.queue.max(1));
@@ -299,14 +337,7 @@ impl Store {
         };
         let handle = std::thread::Builder::new()
             .name("shardmq-store".into())
-            .spawn(move || {
-                let parts = Parts {
-                    retained,
-                    sessions,
-                    queued,
-                };
-                run(ks, parts, rx, &marks)
-            })
+            .spawn(move || run(ks, parts, rx, &marks))
             .map_err(|e| format!("cannot start the store thread: {e}"))?;
         Ok((
             Store {
@@ -364,27 +395,6 @@ impl Store {
             .get(shard)
             .map_or(0, |d| d.load(Ordering::Acquire))
     }
-}
-
-/// Removes, in `batch`, the messages queued for `client_id` (its image now holds them, or
-/// it ended): the committed ones, and those `appended` earlier in this batch.
-fn drop_queue(
-    queued: &PartitionHandle,
-    client_id: &[u8],
-    appended: &mut Vec<(Vec<u8>, Vec<u8>)>,
-    batch: &mut fjall::Batch,
-) {
-    for (k, _) in queued.prefix(queue_prefix(client_id)).flatten() {
-        batch.remove(queued, k);
-    }
-    appended.retain(|(id, key)| {
-        if id == client_id {
-            batch.remove(queued, key.clone());
-            false
-        } else {
-            true
-        }
-    });
 }
 
 /// A write for the store, built by a shard and handed over with [`Store::retry`] (or kept
@@ -446,6 +456,14 @@ impl PendingWrite {
         })
     }
 
+    /// A QoS 2 state change of a persistent session.
+    pub fn qos2(client_id: &[u8], event: Qos2Event) -> PendingWrite {
+        PendingWrite::new(Cmd::Qos2 {
+            client_id: client_id.to_vec(),
+            event,
+        })
+    }
+
     /// The end of a session.
     pub fn end(client_id: &[u8]) -> PendingWrite {
         PendingWrite::new(Cmd::EndSession {
@@ -458,7 +476,12 @@ impl PendingWrite {
 struct Parts {
     retained: PartitionHandle,
     sessions: PartitionHandle,
+    /// `client_id\0seq`: deliveries not yet complete.
     queued: PartitionHandle,
+    /// `client_id\0packet_id`: outgoing QoS 2 in flight (store seq, PUBREC received).
+    inflight: PartitionHandle,
+    /// `client_id\0packet_id`: incoming QoS 2 awaiting PUBREL.
+    inbound: PartitionHandle,
 }
 
 /// The `queued` keys of a client: its id, a NUL (which no MQTT string holds), a sequence.
@@ -475,20 +498,83 @@ fn queue_key(client_id: &[u8], seq: u64) -> Vec<u8> {
     k
 }
 
-/// Forgets a session and its queue (at start-up, for one that expired while down).
-fn end_session(
-    ks: &Keyspace,
-    sessions: &PartitionHandle,
-    queued: &PartitionHandle,
-    client_id: &[u8],
-) -> fjall::Result<()> {
+fn packet_key(client_id: &[u8], id: u16) -> Vec<u8> {
+    let mut k = queue_prefix(client_id);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// Forgets a session, its queue and its QoS 2 state, in one batch of its own.
+fn end_session(ks: &Keyspace, p: &Parts, client_id: &[u8]) -> fjall::Result<()> {
     let mut batch = ks.batch();
-    batch.remove(sessions, client_id.to_vec());
-    for kv in queued.prefix(queue_prefix(client_id)) {
-        let (k, _) = kv?;
-        batch.remove(queued, k);
+    batch.remove(&p.sessions, client_id.to_vec());
+    let prefix = queue_prefix(client_id);
+    for part in [&p.queued, &p.inflight, &p.inbound] {
+        for kv in part.prefix(&prefix) {
+            let (k, _) = kv?;
+            batch.remove(part, k);
+        }
     }
     batch.commit()
+}
+
+/// One store batch being filled. A key may be written once per batch: fjall gives every
+/// write of a batch the same sequence number, so an insert and a remove of one key in one
+/// batch would leave either standing. A second write to a key commits what came before and
+/// starts a new batch.
+struct Batcher<'a> {
+    ks: &'a Keyspace,
+    batch: fjall::Batch,
+    touched: ahash::AHashSet<(u8, Vec<u8>)>,
+    /// Writes committed so far this round.
+    writes: u64,
+    failed: &'a AtomicU64,
+}
+
+impl<'a> Batcher<'a> {
+    fn new(ks: &'a Keyspace, failed: &'a AtomicU64) -> Self {
+        Self {
+            ks,
+            batch: ks.batch(),
+            touched: ahash::AHashSet::new(),
+            writes: 0,
+            failed,
+        }
+    }
+
+    /// Notes that partition `part` (an index) key `key` is written, committing first if
+    /// the batch wrote it already.
+    fn touch(&mut self, part: u8, key: &[u8]) {
+        if self.touched.contains(&(part, key.to_vec())) {
+            self.commit();
+        }
+        self.touched.insert((part, key.to_vec()));
+    }
+
+    fn insert(&mut self, part: u8, handle: &PartitionHandle, key: Vec<u8>, value: Vec<u8>) {
+        self.touch(part, &key);
+        self.batch.insert(handle, key, value);
+    }
+
+    fn remove(&mut self, part: u8, handle: &PartitionHandle, key: Vec<u8>) {
+        self.touch(part, &key);
+        self.batch.remove(handle, key);
+    }
+
+    /// Commits what the batch holds (a failure is counted and logged).
+    fn commit(&mut self) {
+        let batch = std::mem::replace(&mut self.batch, self.ks.batch());
+        self.touched.clear();
+        let n = batch.len() as u64;
+        if n == 0 {
+            return;
+        }
+        self.writes += n;
+        if let Err(e) = batch.commit() {
+            self.failed.fetch_add(n, Ordering::Relaxed);
+            tracing::error!("store: a batch of {n} writes failed: {e}");
+        }
+    }
 }
 
 /// What the store thread reports back to the shards.
@@ -522,46 +608,55 @@ fn run(ks: Keyspace, p: Parts, rx: Receiver<(Cmd, Tag)>, marks: &Marks) {
             n += 1;
         }
         cancel_completed(&mut cmds);
-        let mut batch = ks.batch();
+        let mut b = Batcher::new(&ks, &marks.failed);
         let mut waiting = Vec::new();
-        // Appends of this batch, which `drop_queue` cannot see before the commit.
-        let mut appended: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for c in cmds.drain(..) {
             match c {
-                Cmd::Retain {
-                    topic,
-                    value: Some(v),
-                } => batch.insert(&p.retained, topic, v),
-                Cmd::Retain { topic, value: None } => batch.remove(&p.retained, topic),
-                Cmd::Session { client_id, value } => batch.insert(&p.sessions, client_id, value),
+                Cmd::Retain { topic, value } => match value {
+                    Some(v) => b.insert(0, &p.retained, topic, v),
+                    None => b.remove(0, &p.retained, topic),
+                },
+                Cmd::Session { client_id, value } => b.insert(1, &p.sessions, client_id, value),
                 Cmd::Done { client_id, seqs } => {
                     for seq in seqs {
-                        batch.remove(&p.queued, queue_key(&client_id, seq));
+                        b.remove(2, &p.queued, queue_key(&client_id, seq));
                     }
                 }
                 Cmd::Queue {
                     client_id,
                     seq,
                     value,
-                } => {
-                    let key = queue_key(&client_id, seq);
-                    batch.insert(&p.queued, key.clone(), value);
-                    appended.push((client_id, key));
-                }
+                } => b.insert(2, &p.queued, queue_key(&client_id, seq), value),
+                Cmd::Qos2 { client_id, event } => match event {
+                    Qos2Event::Sent { id, seq } | Qos2Event::Released { id, seq } => {
+                        let released = matches!(event, Qos2Event::Released { .. });
+                        let value = codec::encode_inflight(seq, released);
+                        b.insert(3, &p.inflight, packet_key(&client_id, id), value);
+                    }
+                    Qos2Event::Completed { id } => {
+                        b.remove(3, &p.inflight, packet_key(&client_id, id));
+                    }
+                    Qos2Event::Received { id } => {
+                        b.insert(4, &p.inbound, packet_key(&client_id, id), Vec::new());
+                    }
+                    Qos2Event::Freed { id } => b.remove(4, &p.inbound, packet_key(&client_id, id)),
+                },
                 Cmd::EndSession { client_id } => {
-                    drop_queue(&p.queued, &client_id, &mut appended, &mut batch);
-                    batch.remove(&p.sessions, client_id);
+                    // Everything before is committed first, so the prefix scans see it.
+                    b.commit();
+                    b.writes += 1;
+                    if let Err(e) = end_session(&ks, &p, &client_id) {
+                        marks.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("store: ending a session failed: {e}");
+                    }
                 }
                 Cmd::Cancelled => {}
                 Cmd::Sync(done) => waiting.push(done),
             }
         }
-        let writes = batch.len() as u64;
+        b.commit();
+        let writes = b.writes;
         if writes > 0 {
-            if let Err(e) = batch.commit() {
-                marks.failed.fetch_add(writes, Ordering::Relaxed);
-                tracing::error!("store: a batch of {writes} writes failed: {e}");
-            }
             // Relaxed: hand the batch to the OS now (one write per batch), so it survives
             // the process being killed; fjall's timer fsyncs it. Sync: fsync it now.
             let mode = if marks.sync {
