@@ -17,17 +17,19 @@ done
 step() { printf '\n== %s\n' "$*"; }
 
 step "test dependencies"
-# The integration tests drive the broker with mosquitto's command-line clients too.
-if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1; then
+# The integration tests drive the broker with mosquitto's command-line clients too, and
+# check that password files made by mosquitto_passwd (package mosquitto) work.
+if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1 \
+  || ! command -v mosquitto_passwd >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients mosquitto >/dev/null
   else
-    echo "scripts/test.sh: mosquitto_pub/mosquitto_sub missing; install mosquitto-clients" >&2
+    echo "scripts/test.sh: mosquitto_pub/mosquitto_sub/mosquitto_passwd missing; install mosquitto-clients and mosquitto" >&2
     exit 1
   fi
 fi
-echo "mosquitto clients: $(command -v mosquitto_pub)"
+echo "mosquitto clients: $(command -v mosquitto_pub), $(command -v mosquitto_passwd)"
 # ... and Python paho-mqtt 2.x for the MQTT 5.0 features rumqttc cannot exercise
 # (tests/paho_v5.rs runs the scripts in tests/paho/).
 if ! python3 -c 'import paho.mqtt, sys; sys.exit(paho.mqtt.__version__ < "2")' >/dev/null 2>&1; then

@@ -15,7 +15,7 @@ use crate::config::{Config, ConfigError, DEFAULT_TOML, IoDriver, parse_cores};
 #[command(version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// TOML config file; without it the built-in defaults apply (see --print-config).
-    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
 
     /// Address to accept MQTT over TCP on; repeat for several. Replaces the file's `listen`.
@@ -74,6 +74,24 @@ pub enum Command {
     },
     /// Load-test a broker (this one or any other): fanin, fanout, pairs, shared or conn.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Add, update (or with -D delete) a user in a password file in mosquitto's format
+    /// (auth.password_file; files made by mosquitto_passwd work too). The password is asked
+    /// twice on the terminal without echo, or read from the first line of standard input.
+    Passwd {
+        /// Create the file (replacing an existing one).
+        #[arg(short = 'c', conflicts_with = "delete")]
+        create: bool,
+        /// Delete the user instead.
+        #[arg(short = 'D')]
+        delete: bool,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// The password file.
+        file: PathBuf,
+        /// The user name.
+        user: String,
+    },
     /// Print a SCRAM-SHA-256 credential line for `auth.scram_credentials` (MQTT 5.0 enhanced
     /// authentication); the password is read from the first line of standard input.
     ScramCredential {
@@ -129,6 +147,64 @@ impl Cli {
         }
         Ok(config)
     }
+}
+
+/// `shardmq passwd`: adds, updates or deletes `user` in the password `file`, with the
+/// password from `password` (asked for by the caller). Returns what was done, for the user.
+pub fn passwd(
+    file: &std::path::Path,
+    user: &str,
+    create: bool,
+    delete: bool,
+    password: Option<&str>,
+) -> Result<String, String> {
+    use crate::auth::password::{DEFAULT_ITERATIONS, PasswordFile, PasswordHash};
+    let shown = file.display();
+    let mut users = if create {
+        PasswordFile::default()
+    } else {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("passwd: cannot read {shown}: {e} (use -c to create it)"))?;
+        PasswordFile::parse(&text).map_err(|e| format!("passwd: {shown}: {e}"))?
+    };
+    let done = if delete {
+        if !users.remove(user) {
+            return Err(format!("passwd: {shown} has no user {user:?}"));
+        }
+        format!("deleted {user} from {shown}")
+    } else {
+        let password = password.unwrap_or_default();
+        if password.is_empty() {
+            return Err("passwd: the password is empty".into());
+        }
+        let hash =
+            PasswordHash::new(password, DEFAULT_ITERATIONS).map_err(|e| format!("passwd: {e}"))?;
+        let updated = users.get(user).is_some();
+        users.set(user, hash).map_err(|e| format!("passwd: {e}"))?;
+        format!(
+            "{} {user} in {shown}",
+            if updated { "updated" } else { "added" }
+        )
+    };
+    // Written next to the file and renamed over it, readable by its owner only: a crash
+    // never leaves half a file.
+    let tmp = file.with_extension("tmp-shardmq");
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| format!("passwd: cannot write {}: {e}", tmp.display()))?;
+        f.write_all(users.encode().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| format!("passwd: cannot write {}: {e}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, file).map_err(|e| format!("passwd: cannot replace {shown}: {e}"))?;
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -102,6 +102,23 @@ pub struct Auth {
     /// `shardmq scram-credential` prints them). When set, MQTT 5.0 clients may authenticate
     /// with Authentication Method `SCRAM-SHA-256` (enhanced authentication, §4.12).
     pub scram_credentials: Option<std::path::PathBuf>,
+    /// A password file in mosquitto's format (`user:$7$…` lines, as `shardmq passwd` or
+    /// `mosquitto_passwd` write them). When set, a CONNECT with a user name must carry its
+    /// password (else 3.1.1 return code 4 / 5.0 0x86).
+    pub password_file: Option<std::path::PathBuf>,
+    /// Whether a CONNECT without a user name is accepted (else 3.1.1 return code 5 / 5.0
+    /// 0x87). Unset: true without a password file, false with one.
+    pub allow_anonymous: Option<bool>,
+    /// An ACL file in mosquitto's format (`user`, `topic [read|write|readwrite|deny] T`,
+    /// `pattern … %c %u`). When set, a client may publish and subscribe only where it allows.
+    pub acl_file: Option<std::path::PathBuf>,
+}
+
+impl Auth {
+    /// Whether clients without a user name are let in.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.password_file.is_none())
+    }
 }
 
 /// MQTT 5.0 features: what CONNACK announces, and what the broker then enforces.
@@ -206,6 +223,9 @@ pub struct Limits {
     /// Writes waiting for the store thread (per broker); past it each shard holds them
     /// back in a backlog of the same size, and drops the oldest beyond (counted, logged).
     pub store_queue: usize,
+    /// CONNECT password checks waiting for the authentication thread; a CONNECT that finds
+    /// the queue full is refused at once (3.1.1 return code 3 / 5.0 0x89 Server busy).
+    pub auth_queue: usize,
 }
 
 impl Default for Limits {
@@ -231,6 +251,7 @@ impl Default for Limits {
             max_topic_aliases: 64,
             max_session_expiry_secs: u32::MAX,
             store_queue: 65_536,
+            auth_queue: 1024,
         }
     }
 }

@@ -25,6 +25,40 @@ fn main() {
             Err(e) => fail(&e),
         },
         Some(Command::Bench(args)) => std::process::exit(shardmq::bench::main(args)),
+        Some(Command::Passwd {
+            create,
+            delete,
+            password_stdin,
+            file,
+            user,
+        }) => {
+            let password = if *delete {
+                None
+            } else if *password_stdin {
+                let mut line = String::new();
+                if std::io::stdin().read_line(&mut line).is_err() {
+                    fail(&"passwd: cannot read the password from standard input");
+                }
+                Some(line.trim_end_matches(['\r', '\n']).to_string())
+            } else {
+                let ask = |prompt: &str| {
+                    rpassword::prompt_password(prompt).unwrap_or_else(|e| {
+                        fail(&format!(
+                            "passwd: cannot read the password from the terminal ({e}); use --password-stdin"
+                        ))
+                    })
+                };
+                let first = ask("Password: ");
+                if ask("Reenter password: ") != first {
+                    fail(&"passwd: the passwords do not match");
+                }
+                Some(first)
+            };
+            match shardmq::cli::passwd(file, user, *create, *delete, password.as_deref()) {
+                Ok(done) => eprintln!("{done}"),
+                Err(e) => fail(&e),
+            }
+        }
         Some(Command::ScramCredential { user, iterations }) => {
             let mut password = String::new();
             if std::io::stdin().read_line(&mut password).is_err() {

@@ -5,6 +5,8 @@
 //!   [`Exchange`] it starts, the [`Authenticators`] registry the broker looks a CONNECT's
 //!   Authentication Method up in, and [`Conversation`], which drives one connection's CONNECT /
 //!   AUTH / re-authentication rules and says which packet to answer with.
+//! - [`password`]: password files in mosquitto's format (`user:$7$…`), parsed, written and
+//!   verified (the broker verifies on its authentication thread, `shard::verify`).
 //! - [`scram`]: the built-in `SCRAM-SHA-256` method (RFC 5802, RFC 7677): server side over a
 //!   credential store, the credential line format kept in files, and the client side used by
 //!   tests and bench clients.
@@ -14,7 +16,9 @@
 //! connection and are only touched by that shard's thread. The only outside resource is the OS
 //! random number generator, read for SCRAM nonces.
 
+pub mod acl;
 pub mod enhanced;
+pub mod password;
 pub mod scram;
 
 pub use enhanced::{

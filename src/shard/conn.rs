@@ -21,6 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -34,6 +35,7 @@ use monoio::net::TcpStream;
 
 use super::state::Shard;
 use super::wheel::Watched;
+use crate::auth::acl::Access;
 use crate::auth::{Client, Conversation, Reply};
 use crate::protocol::session::{Session, check_connect, encode_refusal};
 use crate::protocol::{Auth, Connect, Packet, ReasonCode, Str, Version, decode};
@@ -237,6 +239,52 @@ async fn next_packet(
     }
 }
 
+/// Whether a CONNECT's user name and password let it in: without a user name, as
+/// `auth.allow_anonymous` says (else 0x87 / return code 5); with one and a password file,
+/// if the authentication thread finds them in it (else 0x86 / 4; 0x89 / 3 when its queue is
+/// full); with one and no password file, as anonymous.
+async fn check_password(
+    shard: &Rc<RefCell<Shard>>,
+    conn: &ConnShared,
+    connect: &Connect,
+) -> Result<(), (ReasonCode, &'static str)> {
+    let shared = shard.borrow().shared.clone();
+    let anonymous = shared.config.auth.anonymous_allowed();
+    let (Some(user), Some(verifier)) = (&connect.username, &shared.verifier) else {
+        return if connect.username.is_none() && !anonymous {
+            Err((ReasonCode::NOT_AUTHORIZED, "anonymous client refused"))
+        } else if connect.username.is_some() && !anonymous {
+            // No password file to check the user name against.
+            Err((ReasonCode::NOT_AUTHORIZED, "no password file: user refused"))
+        } else {
+            Ok(())
+        };
+    };
+    let password = connect.password.as_deref().unwrap_or(&[]);
+    let Ok(mut check) = verifier.verify(user.as_str(), password) else {
+        return Err((ReasonCode::SERVER_BUSY, "authentication queue full"));
+    };
+    let ok = poll_fn(|cx| {
+        if let Poll::Ready(ok) = std::pin::Pin::new(&mut check).poll(cx) {
+            return Poll::Ready(Some(ok));
+        }
+        if conn.is_closing() {
+            return Poll::Ready(None);
+        }
+        conn.reader.set(Some(cx.waker().clone()));
+        Poll::Pending
+    })
+    .await;
+    match ok {
+        Some(true) => Ok(()),
+        Some(false) => Err((
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            "bad user name or password",
+        )),
+        None => Err((ReasonCode::NOT_AUTHORIZED, "connect timeout")),
+    }
+}
+
 /// Reads into the free tail of `buf` (monoio would otherwise read over unparsed bytes at
 /// offset 0), first making room for `want` bytes when less than half of that is free.
 /// `Ok(0)` on EOF. Also used by the bench clients.
@@ -362,6 +410,19 @@ async fn read_loop(
         conversation = Some(conv);
     }
 
+    // User name and password (unless enhanced authentication let the client in): checked on
+    // the authentication thread against the password file.
+    if auth_done.is_none() {
+        if let Err((reason, why)) = check_password(shard, conn, &connect).await {
+            let mut out = BytesMut::new();
+            encode_refusal(version, reason, &mut out);
+            conn.leftover.borrow_mut().extend_from_slice(&out);
+            conn.wake_writer();
+            tracing::debug!(token = conn.token, %reason, "{why}");
+            return why;
+        }
+    }
+
     // A will the broker could not publish as asked is refused with the CONNECT
     // [MQTT-3.2.2-12] (QoS above Maximum QoS: 0x9B; RETAIN without Retain Available: 0x9A).
     let will_refusal = {
@@ -403,6 +464,23 @@ async fn read_loop(
         }
     };
 
+    // What the ACL lets this client do; a will it may not publish refuses the CONNECT.
+    let acl = shard.borrow().shared.acl.as_ref().map(|a| {
+        let user = connect.username.as_ref().map(|u| u.as_str());
+        Arc::new(a.for_client(accepted.client_id.as_str(), user))
+    });
+    let will_denied = match (&acl, &connect.will) {
+        (Some(acl), Some(w)) => !acl.allows_topic(w.topic.as_str(), Access::Write),
+        _ => false,
+    };
+    if will_denied {
+        let mut out = BytesMut::new();
+        encode_refusal(version, ReasonCode::NOT_AUTHORIZED, &mut out);
+        conn.leftover.borrow_mut().extend_from_slice(&out);
+        conn.wake_writer();
+        return "will topic denied by the ACL";
+    }
+
     // Claim the client id from its directory shard; wait for the grant (with the session to
     // resume, if any).
     shard.borrow_mut().claim(
@@ -435,6 +513,7 @@ async fn read_loop(
             ),
         };
         session.attach(&connect);
+        session.set_acl(acl);
         let keep_alive = session.keep_alive();
         let assigned = accepted.assigned.then_some(&accepted.client_id);
         let now = s.now;

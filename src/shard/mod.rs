@@ -20,4 +20,5 @@ pub mod listen;
 pub mod run;
 pub mod spawn;
 pub mod state;
+pub mod verify;
 pub mod wheel;

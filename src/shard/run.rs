@@ -30,6 +30,9 @@ use super::listen::bind_shared;
 use super::spawn::{run_on_runtime, spawn_pinned};
 use super::state::directory_shard;
 use super::state::{Shard, ShardWaker, Shared};
+use super::verify::Verifier;
+use crate::auth::acl::Acl;
+use crate::auth::password::PasswordFile;
 use crate::auth::{Authenticators, ScramSha256};
 use crate::config::{Config, Durability};
 use crate::index::routes::MAX_SHARDS;
@@ -146,6 +149,49 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
         ));
     }
 
+    let verifier = match &config.auth.password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("auth.password_file: cannot read {}: {e}", path.display()))?;
+            let file = PasswordFile::parse(&text)
+                .map_err(|e| format!("auth.password_file {}: {e}", path.display()))?;
+            let v = Verifier::start(file, config.limits.auth_queue)?;
+            tracing::info!(
+                "authentication: {} users in {}; anonymous clients {}",
+                v.users,
+                path.display(),
+                if config.auth.anonymous_allowed() {
+                    "allowed (auth.allow_anonymous = true)"
+                } else {
+                    "refused"
+                }
+            );
+            Some(v)
+        }
+        None if config.auth.anonymous_allowed() => {
+            tracing::info!("authentication: no password file; anonymous clients allowed");
+            None
+        }
+        None => {
+            tracing::info!(
+                "authentication: no password file and auth.allow_anonymous = false: only enhanced authentication (5.0) gets in"
+            );
+            None
+        }
+    };
+
+    let acl = match &config.auth.acl_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("auth.acl_file: cannot read {}: {e}", path.display()))?;
+            let acl =
+                Acl::parse(&text).map_err(|e| format!("auth.acl_file {}: {e}", path.display()))?;
+            tracing::info!("authorization: ACL {}", path.display());
+            Some(acl)
+        }
+        None => None,
+    };
+
     // Recover the store before binding: clients are accepted only once everything is back.
     let start = Instant::now();
     let start_unix = unix_now();
@@ -227,6 +273,8 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
         dropped: AtomicU64::new(0),
         shutdown: AtomicBool::new(false),
         seeded: AtomicUsize::new(0),
+        verifier,
+        acl,
         authenticators,
         config,
     });

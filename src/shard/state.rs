@@ -86,6 +86,10 @@ pub struct Shared {
     /// Shards that have taken their recovered sessions and retained messages (none
     /// accepts clients before all have).
     pub seeded: AtomicUsize,
+    /// The authentication thread, when `auth.password_file` is set.
+    pub verifier: Option<super::verify::Verifier>,
+    /// The ACL, when `auth.acl_file` is set.
+    pub acl: Option<crate::auth::acl::Acl>,
 }
 
 /// Counters of one shard.
@@ -1027,11 +1031,12 @@ impl Shard {
             let n = g.members.len();
             let start = g.next;
             let sessions = &self.sessions;
+            let topic = msg.topic.as_str();
             let pick = |want: fn(&Session) -> bool| {
                 (0..n).map(|k| (start + k) % n).find(|&i| {
                     sessions
                         .get(g.members[i].0 as usize)
-                        .is_some_and(|e| want(&e.session))
+                        .is_some_and(|e| want(&e.session) && e.session.may_read(topic))
                 })
             };
             let i = pick(Session::has_room)
@@ -1355,7 +1360,11 @@ impl Shard {
             while j < matches.len() && matches[j].0 == slot {
                 j += 1;
             }
-            let Some(e) = self.sessions.get_mut(slot as usize) else {
+            let Some(e) = self
+                .sessions
+                .get_mut(slot as usize)
+                .filter(|e| e.session.may_read(msg.topic.as_str()))
+            else {
                 i = j;
                 continue;
             };
@@ -1476,10 +1485,11 @@ impl Shard {
                         {
                             continue;
                         }
+                        let session = &self.sessions[slot].session;
                         self.retained.for_each_match(filter.as_bytes(), |_, m| {
                             if m.is_expired(now) {
                                 expired.push(m.topic.clone());
-                            } else {
+                            } else if session.may_read(m.topic.as_str()) {
                                 found.push(m.clone());
                             }
                         });

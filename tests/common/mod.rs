@@ -24,6 +24,8 @@ pub struct Broker {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: mpsc::Receiver<String>,
+    /// The log lines up to and including "listening on".
+    pub startup: Vec<String>,
     /// A data directory made for this broker alone, removed on drop.
     own_data_dir: Option<std::path::PathBuf>,
 }
@@ -74,6 +76,7 @@ impl Broker {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log: rx,
+            startup: Vec::new(),
             own_data_dir,
         };
         let deadline = Instant::now() + WAIT;
@@ -83,6 +86,7 @@ impl Broker {
                 .log
                 .recv_timeout(left)
                 .expect("shardmq did not report its listener in time");
+            b.startup.push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
                 b.addr = rest.split_whitespace().next().unwrap().parse().unwrap();
                 return b;

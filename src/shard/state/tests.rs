@@ -23,6 +23,8 @@ fn shards(n: usize) -> Vec<Shard> {
         store: None,
         shutdown: AtomicBool::new(false),
         seeded: AtomicUsize::new(n),
+        verifier: None,
+        acl: None,
     });
     outs.into_iter()
         .zip(ins)
