@@ -81,7 +81,7 @@ fn main() {
             tracing::info!("shardmq {} starting", env!("CARGO_PKG_VERSION"));
             // Before any shard thread exists, so every thread inherits the mask and the
             // signals wait for `sigwait` below.
-            let signals = signals::block(&[libc::SIGTERM, libc::SIGINT]);
+            let signals = signals::block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
             match shardmq::shard::run::start(config) {
                 Ok(mut broker) => {
                     let threads = std::mem::take(&mut broker.threads);
@@ -93,7 +93,21 @@ fn main() {
                         eprintln!("shardmq: a shard stopped unexpectedly");
                         std::process::exit(1);
                     });
-                    let sig = signals::wait(&signals);
+                    let sig = loop {
+                        match signals::wait(&signals) {
+                            "SIGHUP" => {
+                                let done = broker.reload();
+                                if done.is_empty() {
+                                    tracing::info!(
+                                        "SIGHUP: nothing to reload (no password or ACL file)"
+                                    );
+                                } else {
+                                    tracing::info!("SIGHUP: reloaded {}", done.join(", "));
+                                }
+                            }
+                            sig => break sig,
+                        }
+                    };
                     tracing::info!("signal {sig}: shutting down");
                     let open = broker.shutdown(std::time::Duration::from_secs(5));
                     if open > 0 {
@@ -140,6 +154,7 @@ mod signals {
                 return match sig {
                     libc::SIGTERM => "SIGTERM",
                     libc::SIGINT => "SIGINT",
+                    libc::SIGHUP => "SIGHUP",
                     _ => "signal",
                 };
             }

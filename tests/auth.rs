@@ -60,19 +60,42 @@ fn broker_with(dir: &Path, passwd: &Path, extra: &str) -> (Broker, PathBuf) {
     (b, config)
 }
 
-/// CONNECTs with `user` / `password` and returns the CONNACK's reason.
-fn connack(b: &Broker, v: Version, user: Option<&str>, password: Option<&str>) -> ReasonCode {
+/// CONNECTs with `user` / `password` (under a client id of its own) and returns the
+/// connection and the CONNACK's reason.
+fn connect_as(
+    b: &Broker,
+    v: Version,
+    user: Option<&str>,
+    password: Option<&str>,
+) -> (Raw, ReasonCode) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut raw = Raw::connect(b.addr, v);
-    let mut c = connect_packet(v, "auth-test", true, 30);
+    let mut c = connect_packet(v, &format!("auth-test-{n}"), true, 30);
     if let Packet::Connect(c) = &mut c {
         c.username = user.map(|u| shardmq::protocol::Str::new(u.to_string().into()).unwrap());
         c.password = password.map(|p| bytes::Bytes::from(p.to_string()));
     }
     raw.send(&c);
     match raw.recv() {
-        Some(Packet::ConnAck(a)) => a.reason,
+        Some(Packet::ConnAck(a)) => (raw, a.reason),
         other => panic!("{other:?}"),
     }
+}
+
+/// The CONNACK's reason for `user` / `password`.
+fn connack(b: &Broker, v: Version, user: Option<&str>, password: Option<&str>) -> ReasonCode {
+    connect_as(b, v, user, password).1
+}
+
+/// A fresh directory with a password file holding alice (with `password`), and a broker on
+/// it with `extra` lines in `[auth]`.
+fn alice_broker(what: &str, password: &str, extra: &str) -> (PathBuf, PathBuf, Broker) {
+    let dir = temp_dir(what);
+    let file = dir.join("passwd");
+    assert!(passwd(&["-c"], &file, "alice", password).status.success());
+    let (b, _config) = broker_with(&dir, &file, extra);
+    (dir, file, b)
 }
 
 #[test]
@@ -160,10 +183,7 @@ fn password_files_from_shardmq_and_mosquitto_passwd_both_let_their_users_in() {
 
 #[test]
 fn allow_anonymous_lets_clients_without_a_user_name_in_beside_the_password_file() {
-    let dir = temp_dir("auth-anon");
-    let file = dir.join("passwd");
-    assert!(passwd(&["-c"], &file, "alice", "secret").status.success());
-    let (b, _config) = broker_with(&dir, &file, "allow_anonymous = true\n");
+    let (dir, _file, b) = alice_broker("auth-anon", "secret", "allow_anonymous = true\n");
     assert_eq!(connack(&b, Version::V5, None, None), ReasonCode::SUCCESS);
     assert_eq!(
         connack(&b, Version::V5, Some("alice"), Some("nope")),
@@ -430,6 +450,62 @@ fn the_acl_decides_publish_subscribe_retained_and_will() {
     );
     assert_eq!(
         login(&b, v, "alice-4", Some("alice"), Some("alice/will")).1,
+        ReasonCode::SUCCESS
+    );
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends the broker SIGHUP and waits for a log line holding `line`.
+fn hup_and_wait_for(b: &Broker, line: &str) {
+    let pid = b.child.id().to_string();
+    let st = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(st.success());
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let got = b
+            .log
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no {line:?} in the log"));
+        if got.contains(line) {
+            return;
+        }
+    }
+}
+
+/// SIGHUP reloads the password file (and the ACL file): a client connected before stays
+/// connected, new CONNECTs are checked against the new file.
+#[test]
+fn sighup_reloads_a_changed_password_file_while_a_client_stays_connected() {
+    let (dir, file, b) = alice_broker("auth-sighup", "old", "");
+    let (mut alice, reason) = connect_as(&b, Version::V5, Some("alice"), Some("old"));
+    assert_eq!(reason, ReasonCode::SUCCESS);
+    assert!(passwd(&[], &file, "alice", "new").status.success());
+    assert!(passwd(&[], &file, "bob", "bob").status.success());
+    hup_and_wait_for(&b, "SIGHUP: reloaded auth.password_file (2 users)");
+    alice.send(&Packet::PingReq);
+    assert!(
+        matches!(alice.recv(), Some(Packet::PingResp)),
+        "still connected"
+    );
+    assert_eq!(
+        connack(&b, Version::V5, Some("alice"), Some("old")),
+        ReasonCode::BAD_USER_NAME_OR_PASSWORD
+    );
+    assert_eq!(
+        connack(&b, Version::V5, Some("alice"), Some("new")),
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        connack(&b, Version::V5, Some("bob"), Some("bob")),
+        ReasonCode::SUCCESS
+    );
+    // A broken file on the next SIGHUP keeps the one loaded.
+    std::fs::write(&file, "garbage\n").unwrap();
+    hup_and_wait_for(&b, "keeping the password file loaded before");
+    assert_eq!(
+        connack(&b, Version::V5, Some("bob"), Some("bob")),
         ReasonCode::SUCCESS
     );
     drop(b);

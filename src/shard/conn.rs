@@ -465,7 +465,7 @@ async fn read_loop(
     };
 
     // What the ACL lets this client do; a will it may not publish refuses the CONNECT.
-    let acl = shard.borrow().shared.acl.as_ref().map(|a| {
+    let acl = shard.borrow().shared.acl.load().as_ref().map(|a| {
         let user = connect.username.as_ref().map(|u| u.as_str());
         Arc::new(a.for_client(accepted.client_id.as_str(), user))
     });

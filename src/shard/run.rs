@@ -86,6 +86,45 @@ impl Broker {
         }
         open
     }
+
+    /// SIGHUP: reads the password file and the ACL file again (for connections from now on;
+    /// connected clients stay connected with what they connected with). A file that does not
+    /// load keeps the old one, with an error line. Returns what was reloaded, for the log.
+    pub fn reload(&self) -> Vec<String> {
+        let auth = &self.shared.config.auth;
+        let mut done = Vec::new();
+        if let (Some(path), Some(v)) = (&auth.password_file, &self.shared.verifier) {
+            match load_password_file(path) {
+                Ok(file) => {
+                    done.push(format!("auth.password_file ({} users)", file.len()));
+                    v.replace(file);
+                }
+                Err(e) => tracing::error!("SIGHUP: {e}; keeping the password file loaded before"),
+            }
+        }
+        if let Some(path) = &auth.acl_file {
+            match load_acl(path) {
+                Ok(acl) => {
+                    self.shared.acl.store(Some(Arc::new(acl)));
+                    done.push("auth.acl_file".into());
+                }
+                Err(e) => tracing::error!("SIGHUP: {e}; keeping the ACL loaded before"),
+            }
+        }
+        done
+    }
+}
+
+fn load_password_file(path: &std::path::Path) -> Result<PasswordFile, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("auth.password_file: cannot read {}: {e}", path.display()))?;
+    PasswordFile::parse(&text).map_err(|e| format!("auth.password_file {}: {e}", path.display()))
+}
+
+fn load_acl(path: &std::path::Path) -> Result<Acl, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("auth.acl_file: cannot read {}: {e}", path.display()))?;
+    Acl::parse(&text).map_err(|e| format!("auth.acl_file {}: {e}", path.display()))
 }
 
 /// The mesh of `n` shards: one ring per ordered pair. `outs[a][b]` sends from `a` to `b`
@@ -151,14 +190,10 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
 
     let verifier = match &config.auth.password_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("auth.password_file: cannot read {}: {e}", path.display()))?;
-            let file = PasswordFile::parse(&text)
-                .map_err(|e| format!("auth.password_file {}: {e}", path.display()))?;
-            let v = Verifier::start(file, config.limits.auth_queue)?;
+            let v = Verifier::start(load_password_file(path)?, config.limits.auth_queue)?;
             tracing::info!(
                 "authentication: {} users in {}; anonymous clients {}",
-                v.users,
+                v.users(),
                 path.display(),
                 if config.auth.anonymous_allowed() {
                     "allowed (auth.allow_anonymous = true)"
@@ -182,10 +217,7 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
 
     let acl = match &config.auth.acl_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("auth.acl_file: cannot read {}: {e}", path.display()))?;
-            let acl =
-                Acl::parse(&text).map_err(|e| format!("auth.acl_file {}: {e}", path.display()))?;
+            let acl = load_acl(path)?;
             tracing::info!("authorization: ACL {}", path.display());
             Some(acl)
         }
@@ -274,7 +306,7 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
         shutdown: AtomicBool::new(false),
         seeded: AtomicUsize::new(0),
         verifier,
-        acl,
+        acl: arc_swap::ArcSwapOption::new(acl.map(Arc::new)),
         authenticators,
         config,
     });

@@ -88,8 +88,9 @@ pub struct Shared {
     pub seeded: AtomicUsize,
     /// The authentication thread, when `auth.password_file` is set.
     pub verifier: Option<super::verify::Verifier>,
-    /// The ACL, when `auth.acl_file` is set.
-    pub acl: Option<crate::auth::acl::Acl>,
+    /// The ACL, when `auth.acl_file` is set (replaced on SIGHUP; a connection keeps the
+    /// rules it connected with).
+    pub acl: arc_swap::ArcSwapOption<crate::auth::acl::Acl>,
 }
 
 /// Counters of one shard.

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
 use atomic_waker::AtomicWaker;
 
 use crate::auth::password::PasswordFile;
@@ -43,8 +44,8 @@ struct Job {
 #[derive(Debug)]
 pub struct Verifier {
     tx: SyncSender<Job>,
-    /// Users in the password file (for the start-up log).
-    pub users: usize,
+    /// The password file the thread checks against (replaced on SIGHUP).
+    file: Arc<ArcSwap<PasswordFile>>,
     /// CONNECTs refused because the queue was full.
     pub busy: AtomicU64,
 }
@@ -63,16 +64,27 @@ impl Verifier {
     /// Starts the thread over `file`, with a queue of `queue` jobs.
     pub fn start(file: PasswordFile, queue: usize) -> Result<Verifier, String> {
         let (tx, rx) = sync_channel(queue.max(1));
-        let users = file.len();
+        let file = Arc::new(ArcSwap::from_pointee(file));
+        let theirs = file.clone();
         std::thread::Builder::new()
             .name("shardmq-auth".into())
-            .spawn(move || run(&file, &rx))
+            .spawn(move || run(&theirs, &rx))
             .map_err(|e| format!("cannot start the authentication thread: {e}"))?;
         Ok(Verifier {
             tx,
-            users,
+            file,
             busy: AtomicU64::new(0),
         })
+    }
+
+    /// Users in the password file.
+    pub fn users(&self) -> usize {
+        self.file.load().len()
+    }
+
+    /// Checks from now on against `file` (a reload); connected clients stay connected.
+    pub fn replace(&self, file: PasswordFile) {
+        self.file.store(Arc::new(file));
     }
 
     /// Checks `user` / `password`; resolves to whether they match the file.
@@ -115,9 +127,9 @@ impl Future for Verification {
     }
 }
 
-fn run(file: &PasswordFile, rx: &Receiver<Job>) {
+fn run(file: &ArcSwap<PasswordFile>, rx: &Receiver<Job>) {
     while let Ok(job) = rx.recv() {
-        let ok = file.verify(&job.user, &job.password);
+        let ok = file.load().verify(&job.user, &job.password);
         let state = if ok { ACCEPTED } else { REFUSED };
         job.answer.state.store(state, Ordering::Release);
         job.answer.waker.wake();
@@ -149,6 +161,12 @@ mod tests {
         assert!(block_on(v.verify("u", b"pw").unwrap()));
         assert!(!block_on(v.verify("u", b"no").unwrap()));
         assert!(!block_on(v.verify("nobody", b"pw").unwrap()));
+        let mut g = PasswordFile::default();
+        g.set("nobody", PasswordHash::new("pw", 10).unwrap())
+            .unwrap();
+        v.replace(g);
+        assert!(block_on(v.verify("nobody", b"pw").unwrap()), "reloaded");
+        assert!(!block_on(v.verify("u", b"pw").unwrap()));
     }
 
     #[test]

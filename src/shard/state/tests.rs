@@ -24,7 +24,7 @@ fn shards(n: usize) -> Vec<Shard> {
         shutdown: AtomicBool::new(false),
         seeded: AtomicUsize::new(n),
         verifier: None,
-        acl: None,
+        acl: arc_swap::ArcSwapOption::empty(),
     });
     outs.into_iter()
         .zip(ins)
