@@ -226,6 +226,12 @@ pub struct Limits {
     /// CONNECT password checks waiting for the authentication thread; a CONNECT that finds
     /// the queue full is refused at once (3.1.1 return code 3 / 5.0 0x89 Server busy).
     pub auth_queue: usize,
+    /// PUBLISH packets a second one client may send (0: no limit). A client over it is
+    /// throttled (its socket is not read until it is within the rate again), not
+    /// disconnected; other clients are not slowed.
+    pub max_publish_rate: u32,
+    /// PUBLISH packets a client may send at once above its rate (0: one second's worth).
+    pub publish_burst: u32,
 }
 
 impl Default for Limits {
@@ -252,6 +258,8 @@ impl Default for Limits {
             max_session_expiry_secs: u32::MAX,
             store_queue: 65_536,
             auth_queue: 1024,
+            max_publish_rate: 0,
+            publish_burst: 0,
         }
     }
 }

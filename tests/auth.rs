@@ -511,3 +511,101 @@ fn sighup_reloads_a_changed_password_file_while_a_client_stays_connected() {
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `shardmq bench pairs -n 1 -q 1` at a fixed rate, as alice; returns its JSON report.
+fn pair_bench(b: &Broker) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .args([
+            "bench", "pairs", "-n", "1", "-q", "1", "-r", "2000", "-d", "3",
+        ])
+        .args([
+            "--warmup",
+            "0.5",
+            "-u",
+            "alice",
+            "--password",
+            "alice",
+            "--quiet",
+        ])
+        .args(["-p", &b.port().to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().expect("a JSON line");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// Issue 7's abuse test: 2 000 CONNECTs with wrong passwords (16 at a time) while a pair of
+/// clients exchanges QoS 1 messages at 2 000/s. Every wrong attempt is refused (return code
+/// 4, or 3 when the authentication queue is full), the pair loses nothing, and the broker's
+/// memory stays bounded. The pair's latency with and without the storm is printed (a
+/// figure for the record, not a pass/fail threshold: these machines are shared and noisy).
+#[test]
+fn a_storm_of_wrong_passwords_does_not_hold_up_a_publishing_pair() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (dir, _file, b) = alice_broker("auth-storm", "alice", "");
+    let calm = pair_bench(&b);
+    let rss_before = b.rss_kib();
+    let refused = std::sync::Arc::new(AtomicUsize::new(0));
+    let busy = std::sync::Arc::new(AtomicUsize::new(0));
+    let addr = b.addr;
+    let started = std::time::Instant::now();
+    let storm: Vec<_> = (0..16)
+        .map(|t| {
+            let (refused, busy) = (refused.clone(), busy.clone());
+            std::thread::spawn(move || {
+                for i in 0..125 {
+                    let mut raw = Raw::connect(addr, Version::V3_1_1);
+                    let mut c =
+                        connect_packet(Version::V3_1_1, &format!("storm-{t}-{i}"), true, 30);
+                    if let Packet::Connect(c) = &mut c {
+                        c.username = Some("alice".into());
+                        c.password = Some(bytes::Bytes::from_static(b"wrong"));
+                    }
+                    raw.send(&c);
+                    match raw.recv() {
+                        Some(Packet::ConnAck(a))
+                            if a.reason == ReasonCode::BAD_USER_NAME_OR_PASSWORD =>
+                        {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(Packet::ConnAck(a)) if a.reason == ReasonCode::SERVER_UNAVAILABLE => {
+                            busy.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => panic!("a wrong password got {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let stormy = pair_bench(&b);
+    for t in storm {
+        t.join().unwrap();
+    }
+    let storm_took = started.elapsed();
+    let rss_after = b.rss_kib();
+    let (refused, busy) = (
+        refused.load(Ordering::Relaxed),
+        busy.load(Ordering::Relaxed),
+    );
+    assert_eq!(refused + busy, 2000);
+    for r in [&calm, &stormy] {
+        assert_eq!(r["lost"], 0, "{r}");
+        assert!(r["delivered"].as_u64().unwrap() > 0, "{r}");
+    }
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS {rss_before} KiB before the storm, {rss_after} KiB after"
+    );
+    eprintln!(
+        "pair at 2000 msg/s, QoS 1: p50 {} / p99 {} / max {} µs calm; p50 {} / p99 {} / max {} µs during 2000 wrong-password CONNECTs in {storm_took:?} ({refused} refused with 4, {busy} with 3 busy); RSS {rss_before} -> {rss_after} KiB",
+        calm["latency"]["p50_us"],
+        calm["latency"]["p99_us"],
+        calm["latency"]["max_us"],
+        stormy["latency"]["p50_us"],
+        stormy["latency"]["p99_us"],
+        stormy["latency"]["max_us"],
+    );
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}

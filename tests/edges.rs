@@ -406,3 +406,70 @@ fn scram_sha_256_enhanced_authentication() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `limits.max_publish_rate`: a client flooding QoS 1 PUBLISHes is held to its rate (its
+/// socket is not read meanwhile), while another client publishing within the rate is served
+/// at once, not slowed down by the first.
+#[test]
+fn a_client_over_its_publish_rate_is_throttled_and_the_others_are_not() {
+    let dir = common::temp_dir("throttle");
+    let config = dir.join("shardmq.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nmax_publish_rate = 400\npublish_burst = 100\n",
+    )
+    .unwrap();
+    let b = Broker::start(1, &["--config", config.to_str().unwrap()]);
+    let addr = b.addr;
+    let flood = std::thread::spawn(move || {
+        let mut raw = Raw::connect(addr, Version::V3_1_1);
+        raw.send(&connect_packet(Version::V3_1_1, "flooder", true, 30));
+        assert!(matches!(raw.recv(), Some(Packet::ConnAck(_))));
+        let started = Instant::now();
+        // 900 PUBLISHes in windows of 50: 100 pass as the burst, 800 more need 2 s at 400/s.
+        for window in 0..18u16 {
+            for i in 0..50u16 {
+                raw.send(&Packet::Publish(Publish {
+                    qos: QoS::AtLeastOnce,
+                    topic: "flood".into(),
+                    packet_id: window * 50 + i + 1,
+                    payload: Bytes::from_static(b"x"),
+                    ..Default::default()
+                }));
+            }
+            for _ in 0..50 {
+                assert!(matches!(raw.recv(), Some(Packet::PubAck(_))));
+            }
+        }
+        started.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Meanwhile a client well within the rate: 20 messages, one at a time.
+    let mut calm = Raw::connect(addr, Version::V3_1_1);
+    calm.send(&connect_packet(Version::V3_1_1, "calm", true, 30));
+    assert!(matches!(calm.recv(), Some(Packet::ConnAck(_))));
+    for id in 1..=20 {
+        calm.send(&Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            topic: "calm".into(),
+            packet_id: id,
+            payload: Bytes::from_static(b"y"),
+            ..Default::default()
+        }));
+        assert!(matches!(calm.recv(), Some(Packet::PubAck(a)) if a.packet_id == id));
+    }
+    assert!(
+        !flood.is_finished(),
+        "the calm client finished while the flood was still held back"
+    );
+    let took = flood.join().unwrap();
+    // A lower bound only (a slow machine makes it longer, never shorter). The broker reads
+    // a window, answers it, then waits out the debt, so the last window's wait (50 / 400 s)
+    // comes after its PUBACKs: (900 - 100 - 50) / 400 = 1.875 s.
+    assert!(
+        took >= Duration::from_millis(1850),
+        "the flood took {took:?}"
+    );
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -34,6 +34,7 @@ use monoio::io::{
 use monoio::net::TcpStream;
 
 use super::state::Shard;
+use super::throttle::Throttle;
 use super::wheel::Watched;
 use crate::auth::acl::Access;
 use crate::auth::{Client, Conversation, Reply};
@@ -538,6 +539,12 @@ async fn read_loop(
 
     let mut actions = Vec::new();
     let mut last_read = 0usize;
+    let (rate, burst) = {
+        let l = &shard.borrow().shared.config.limits;
+        (l.max_publish_rate, l.publish_burst)
+    };
+    let mut throttle = Throttle::new(rate, burst, std::time::Instant::now());
+    let mut published = 0u32;
     loop {
         // Handle every whole frame in the buffer.
         loop {
@@ -580,6 +587,7 @@ async fn read_loop(
                     }
                 }
                 Ok(Some(p)) => {
+                    published += u32::from(matches!(p, Packet::Publish(_)));
                     let r = e.session.handle(p, now, &mut actions);
                     if let Err(err) = r {
                         tracing::debug!(token = conn.token, error = %err, "protocol error");
@@ -605,6 +613,17 @@ async fn read_loop(
             }
         }
         shard.borrow_mut().flush();
+        // Over its publish rate: this client is not read until it is within it again.
+        if let Some(t) = throttle.as_mut() {
+            let wait = t.take(std::mem::take(&mut published), std::time::Instant::now());
+            if !wait.is_zero() {
+                shard.borrow_mut().stats.throttled += 1;
+                Box::pin(monoio::time::sleep(wait)).await;
+                if conn.is_closing() {
+                    return "closed";
+                }
+            }
+        }
         // A full ring to another shard: stop reading until it drains (TCP backpressure).
         while shard.borrow().backpressured() {
             // Boxed: a `Sleep` is 640 bytes aligned to 128, and every idle connection's

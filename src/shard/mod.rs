@@ -20,5 +20,6 @@ pub mod listen;
 pub mod run;
 pub mod spawn;
 pub mod state;
+pub mod throttle;
 pub mod verify;
 pub mod wheel;

@@ -111,6 +111,8 @@ pub struct Stats {
     /// Retained messages not kept: past `limits.max_retained_messages` or
     /// `max_retained_bytes` (delivered to subscribers all the same).
     pub retained_refused: u64,
+    /// Times a client was held back by `limits.max_publish_rate`.
+    pub throttled: u64,
 }
 
 /// A retained message weighs its payload and its properties' strings and binaries, roughly:
