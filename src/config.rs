@@ -177,6 +177,13 @@ pub enum IoDriver {
 pub struct Limits {
     /// Connections the broker accepts in total; further ones are closed at accept.
     pub max_connections: usize,
+    /// Connections one shard accepts (0: only `max_connections` applies); more are closed at
+    /// accept, counted.
+    pub max_connections_per_shard: usize,
+    /// New connections a second from one source address, per shard (0: no limit); more are
+    /// closed at accept, counted. With SO_REUSEPORT one address's connections spread over the
+    /// shards, so the broker-wide rate is up to this times the shard count.
+    pub max_connect_rate_per_ip: u32,
     /// Largest packet accepted from a client, whole frame, bytes (MQTT 5.0 Maximum Packet Size).
     pub max_packet_size: u32,
     /// Unacknowledged QoS 1/2 messages in flight to one client.
@@ -238,6 +245,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 100_000,
+            max_connections_per_shard: 0,
+            max_connect_rate_per_ip: 0,
             max_packet_size: 1024 * 1024,
             max_inflight: 32,
             max_queued_messages: 1000,

@@ -473,3 +473,49 @@ fn a_client_over_its_publish_rate_is_throttled_and_the_others_are_not() {
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A client that connects and sends CONNECT: whether it got a CONNACK (or was closed).
+fn connects(addr: std::net::SocketAddr, id: &str) -> Option<Raw> {
+    let mut raw = Raw::connect(addr, Version::V3_1_1);
+    if !raw.try_send(&connect_packet(Version::V3_1_1, id, true, 30)) {
+        return None;
+    }
+    matches!(raw.try_recv(), Some(Packet::ConnAck(_))).then_some(raw)
+}
+
+/// `limits.max_connections_per_shard` and `max_connect_rate_per_ip` close the excess
+/// connections at accept; the broker goes on serving the others.
+#[test]
+fn connection_limits_close_the_excess_at_accept() {
+    let dir = common::temp_dir("conn-limits");
+    let config = dir.join("per-shard.toml");
+    std::fs::write(&config, "[limits]\nmax_connections_per_shard = 3\n").unwrap();
+    let b = Broker::start(1, &["--config", config.to_str().unwrap()]);
+    let held: Vec<Raw> = (0..3)
+        .map(|i| connects(b.addr, &format!("held-{i}")).expect("under the limit"))
+        .collect();
+    assert!(connects(b.addr, "fourth").is_none(), "the fourth is closed");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(connects(b.addr, "fourth").is_some(), "room again");
+    drop(b);
+
+    std::fs::write(&config, "[limits]\nmax_connect_rate_per_ip = 5\n").unwrap();
+    let b = Broker::start(1, &["--config", config.to_str().unwrap()]);
+    let started = Instant::now();
+    let got: Vec<bool> = (0..12)
+        .map(|i| connects(b.addr, &format!("rapid-{i}")).is_some())
+        .collect();
+    let took = started.elapsed();
+    let admitted = got.iter().filter(|&&ok| ok).count();
+    // 5 at once, then 5 a second: a bound that a slow machine only loosens.
+    let allowed = 5 + (5.0 * took.as_secs_f64()).ceil() as usize;
+    assert!(
+        admitted >= 5 && admitted <= allowed,
+        "{admitted} of 12 in {took:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(connects(b.addr, "later").is_some(), "the rate refills");
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}

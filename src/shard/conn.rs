@@ -197,11 +197,9 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
     conn.closing.set(true);
     conn.wake_writer();
     drop(rd);
-    shard
-        .borrow()
-        .shared
-        .connections
-        .fetch_sub(1, Ordering::Relaxed);
+    let mut s = shard.borrow_mut();
+    s.open_connections -= 1;
+    s.shared.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Queues a packet for a connection that has no session yet (AUTH during CONNECT).

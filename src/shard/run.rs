@@ -417,8 +417,12 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListen
     }
     loop {
         match listener.accept().await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 if shard.borrow().shared.shutdown.load(Ordering::Relaxed) {
+                    drop(stream);
+                    continue;
+                }
+                if !shard.borrow_mut().admit(peer.ip(), Instant::now()) {
                     drop(stream);
                     continue;
                 }
@@ -437,6 +441,7 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListen
                     drop(stream);
                     continue;
                 }
+                shard.borrow_mut().open_connections += 1;
                 monoio::spawn(conn::serve(shard.clone(), stream));
             }
             Err(e) => {

@@ -113,6 +113,9 @@ pub struct Stats {
     pub retained_refused: u64,
     /// Times a client was held back by `limits.max_publish_rate`.
     pub throttled: u64,
+    /// Connections closed at accept: `limits.max_connections_per_shard` or
+    /// `max_connect_rate_per_ip`.
+    pub refused_connections: u64,
 }
 
 /// A retained message weighs its payload and its properties' strings and binaries, roughly:
@@ -214,7 +217,15 @@ pub struct Shard {
     pub stats: Stats,
     matches: Vec<(u32, Subscription)>,
     subscribed: Vec<(TopicFilter, Subscription, bool)>,
+    /// Connections open on this shard.
+    pub open_connections: usize,
+    /// New-connection buckets per source address (`limits.max_connect_rate_per_ip`).
+    connect_rates: AHashMap<std::net::IpAddr, super::throttle::Throttle>,
 }
+
+/// Source addresses whose connect rate a shard tracks at most; past it, buckets that are
+/// full again are forgotten (and, if none is, all of them).
+const MAX_RATE_ENTRIES: usize = 65_536;
 
 /// The directory shard of a client identifier.
 pub fn directory_shard(client_id: &Str, shards: usize) -> usize {
@@ -290,6 +301,8 @@ impl Shard {
             stats: Stats::default(),
             matches: Vec::new(),
             subscribed: Vec::new(),
+            open_connections: 0,
+            connect_rates: AHashMap::new(),
         }
     }
 
@@ -297,6 +310,52 @@ impl Shard {
     pub fn new_token(&mut self) -> u64 {
         self.next_token += 1;
         ((self.id as u64) << 48) | self.next_token
+    }
+
+    /// Whether a connection just accepted from `peer` may stay: this shard is under
+    /// `limits.max_connections_per_shard` and `peer` under `max_connect_rate_per_ip`. Counts
+    /// (and logs at 1, 2, 4 …) the refusals. The caller counts an admitted connection in
+    /// `open_connections` and uncounts it when it ends.
+    pub fn admit(&mut self, peer: std::net::IpAddr, now: Instant) -> bool {
+        let l = &self.shared.config.limits;
+        let (max, rate) = (l.max_connections_per_shard, l.max_connect_rate_per_ip);
+        let why = if max > 0 && self.open_connections >= max {
+            Some("limits.max_connections_per_shard reached")
+        } else if rate > 0 {
+            if self.connect_rates.len() >= MAX_RATE_ENTRIES {
+                self.connect_rates.retain(|_, t| !t.is_full(now));
+                if self.connect_rates.len() >= MAX_RATE_ENTRIES {
+                    self.connect_rates.clear();
+                }
+            }
+            let admitted = match self.connect_rates.get_mut(&peer) {
+                Some(bucket) => bucket.try_take_one(now),
+                None => {
+                    let mut bucket = super::throttle::Throttle::new(rate, rate, now);
+                    let admitted = bucket.as_mut().is_none_or(|b| b.try_take_one(now));
+                    if let Some(b) = bucket {
+                        self.connect_rates.insert(peer, b);
+                    }
+                    admitted
+                }
+            };
+            (!admitted).then_some("limits.max_connect_rate_per_ip reached")
+        } else {
+            None
+        };
+        let Some(why) = why else {
+            return true;
+        };
+        self.stats.refused_connections += 1;
+        if self.stats.refused_connections.is_power_of_two() {
+            tracing::warn!(
+                shard = self.id,
+                refused = self.stats.refused_connections,
+                %peer,
+                "{why}: closing new connections"
+            );
+        }
+        false
     }
 
     // ----- mesh -----

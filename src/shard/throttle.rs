@@ -30,12 +30,35 @@ impl Throttle {
         })
     }
 
+    /// Takes one token at `now` if there is one (a new connection): no debt builds up, so a
+    /// source that stops flooding is let in again within a second.
+    pub fn try_take_one(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the bucket is full at `now` (nothing to remember about this source).
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+
     /// Takes `n` tokens at `now` (the PUBLISH packets of one read); returns how long to stop
     /// reading so that the client stays within its rate (zero when it is within).
     pub fn take(&mut self, n: u32, now: Instant) -> Duration {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - f64::from(n);
+        self.refill(now);
+        self.tokens -= f64::from(n);
         if self.tokens >= 0.0 {
             Duration::ZERO
         } else {
@@ -71,5 +94,22 @@ mod tests {
         let later = t0 + Duration::from_secs(60);
         assert_eq!(t.take(50, later), Duration::ZERO);
         assert!(t.take(1, later) > Duration::ZERO);
+    }
+
+    #[test]
+    fn connects_take_a_token_each_without_debt() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(2, 2, t0).unwrap();
+        assert!(t.try_take_one(t0) && t.try_take_one(t0));
+        assert!(!t.try_take_one(t0), "over the rate");
+        for _ in 0..100 {
+            assert!(!t.try_take_one(t0), "refusals cost nothing");
+        }
+        assert!(
+            t.try_take_one(t0 + Duration::from_millis(500)),
+            "one token back"
+        );
+        assert!(!t.is_full(t0 + Duration::from_millis(500)));
+        assert!(t.is_full(t0 + Duration::from_secs(2)));
     }
 }
