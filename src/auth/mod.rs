@@ -5,6 +5,8 @@
 //!   [`Exchange`] it starts, the [`Authenticators`] registry the broker looks a CONNECT's
 //!   Authentication Method up in, and [`Conversation`], which drives one connection's CONNECT /
 //!   AUTH / re-authentication rules and says which packet to answer with.
+//! - [`hooks`]: the [`Hooks`] trait for embedders (authenticate, authorize, hear about
+//!   connects, publishes, subscriptions) and [`hooks::Authz`], what a connection may do.
 //! - [`password`]: password files in mosquitto's format (`user:$7$…`), parsed, written and
 //!   verified (the broker verifies on its authentication thread, `shard::verify`).
 //! - [`scram`]: the built-in `SCRAM-SHA-256` method (RFC 5802, RFC 7677): server side over a
@@ -18,6 +20,7 @@
 
 pub mod acl;
 pub mod enhanced;
+pub mod hooks;
 pub mod password;
 pub mod scram;
 
@@ -25,4 +28,5 @@ pub use enhanced::{
     AuthFailure, Authenticator, Authenticators, Client, Conversation, DuplicateMethod, Exchange,
     Reply, Start, Step,
 };
+pub use hooks::{AuthDecision, ClientInfo, Hooks};
 pub use scram::{ScramClient, ScramCredential, ScramSha256};

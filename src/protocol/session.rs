@@ -50,7 +50,7 @@ use super::properties::Properties;
 use super::reason::ReasonCode;
 use super::string::Str;
 use super::topic::{TopicFilter, TopicName};
-use crate::auth::acl::{Access, ClientAcl};
+use crate::auth::hooks::Authz;
 
 /// An application message as the broker routes it: the PUBLISH (packet id 0, DUP clear, no
 /// topic alias or subscription identifiers: each delivery sets its own), who published it
@@ -543,8 +543,8 @@ pub struct Session {
     image_stored: bool,
     tx: BytesMut,
     limits: Arc<SessionLimits>,
-    /// What the ACL file lets this client do (`auth.acl_file`; `None`: everything).
-    acl: Option<Arc<ClientAcl>>,
+    /// What the ACL file and the embedder's hooks let this client do (`None`: everything).
+    authz: Option<Arc<Authz>>,
     /// What this session dropped so far.
     pub drops: DropCounts,
 }
@@ -579,7 +579,7 @@ impl Session {
             image_stored: false,
             tx: BytesMut::new(),
             limits,
-            acl: None,
+            authz: None,
             drops: DropCounts::default(),
         }
     }
@@ -713,20 +713,28 @@ impl Session {
         self.version
     }
 
-    /// Sets what the ACL lets this client do, for the connection being attached (its user
-    /// name and client id decide it).
-    pub fn set_acl(&mut self, acl: Option<Arc<ClientAcl>>) {
-        self.acl = acl;
+    /// Sets what this client may do, for the connection being attached (its user name and
+    /// client id decide it).
+    pub fn set_authz(&mut self, authz: Option<Arc<Authz>>) {
+        self.authz = authz;
     }
 
-    /// Whether the ACL lets this client receive a message on `topic`. Only deny rules can
-    /// refuse what a subscription allowed at SUBSCRIBE let in, so without any the answer is
-    /// yes at no cost.
+    /// What this client may do, and who it is to the hooks.
+    pub fn authz(&self) -> Option<&Authz> {
+        self.authz.as_deref()
+    }
+
+    /// [`authz`](Self::authz), shared (to outlive the session).
+    pub fn authz_shared(&self) -> Option<Arc<Authz>> {
+        self.authz.clone()
+    }
+
+    /// Whether this client may receive a message on `topic`. Only ACL deny rules can refuse
+    /// what a subscription allowed at SUBSCRIBE let in, so without any the answer is yes at
+    /// no cost.
     #[inline]
     pub fn may_read(&self, topic: &str) -> bool {
-        self.acl
-            .as_ref()
-            .is_none_or(|a| !a.has_deny() || a.allows_topic(topic, Access::Read))
+        self.authz.as_ref().is_none_or(|a| a.may_read(topic))
     }
 
     /// Whether a connection is attached.
@@ -1322,9 +1330,9 @@ impl Session {
             return Ok(());
         }
         if self
-            .acl
+            .authz
             .as_ref()
-            .is_some_and(|a| !a.allows_topic(p.topic.as_str(), Access::Write))
+            .is_some_and(|a| !a.allows_publish(p.topic.as_str()))
         {
             // Not routed; 5.0 publishers of QoS 1/2 hear why (0x87), QoS 0 is dropped, 3.1.1
             // has no way to say it (the acknowledgement is a plain one).
@@ -1479,13 +1487,13 @@ impl Session {
             );
         }
         if self
-            .acl
+            .authz
             .as_ref()
             .is_some_and(|a| !a.allows_subscribe(filter.as_str()))
         {
             return fail(
                 ReasonCode::NOT_AUTHORIZED,
-                "the ACL does not let this client subscribe to the filter",
+                "the ACL (or a hook) does not let this client subscribe to the filter",
             );
         }
         let is_new = !self.subscriptions.contains_key(&filter);

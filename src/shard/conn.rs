@@ -35,8 +35,9 @@ use monoio::net::TcpStream;
 
 use super::state::Shard;
 use super::throttle::Throttle;
+use super::verify::{Verdict, Verification};
 use super::wheel::Watched;
-use crate::auth::acl::Access;
+use crate::auth::hooks::{Authz, ClientInfo};
 use crate::auth::{Client, Conversation, Reply};
 use crate::protocol::session::{Session, check_connect, encode_refusal};
 use crate::protocol::{Auth, Connect, Packet, ReasonCode, Str, Version, decode};
@@ -190,7 +191,19 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
     let why = read_loop(&shard, &conn, &mut rd).await;
     tracing::debug!(token = conn.token, why, "connection closed");
     if let Some(slot) = conn.slot.get() {
-        shard.borrow_mut().disconnected(slot, &conn);
+        let authz = {
+            let mut s = shard.borrow_mut();
+            let authz = s
+                .sessions
+                .get(slot)
+                .filter(|e| e.token == conn.token)
+                .and_then(|e| e.session.authz_shared());
+            s.disconnected(slot, &conn);
+            authz
+        };
+        if let Some((h, c)) = authz.as_deref().and_then(Authz::hooks) {
+            h.on_disconnect(c, why);
+        }
     }
     // From here the read half is dropped; `close` must not touch the fd any more.
     conn.heard.set(None);
@@ -238,18 +251,36 @@ async fn next_packet(
     }
 }
 
-/// Whether a CONNECT's user name and password let it in: without a user name, as
-/// `auth.allow_anonymous` says (else 0x87 / return code 5); with one and a password file,
-/// if the authentication thread finds them in it (else 0x86 / 4; 0x89 / 3 when its queue is
-/// full); with one and no password file, as anonymous.
+/// Whether a CONNECT's user name and password let it in. The embedder's hooks are asked
+/// first (on the authentication thread); without an opinion from them: without a user name,
+/// as `auth.allow_anonymous` says (else 0x87 / return code 5); with one and a password file,
+/// if the authentication thread finds them in it (else 0x86 / 4); with one and no password
+/// file, as anonymous. A full authentication queue refuses with 0x89 / 3.
 async fn check_password(
     shard: &Rc<RefCell<Shard>>,
     conn: &ConnShared,
     connect: &Connect,
+    client: impl FnOnce() -> ClientInfo,
 ) -> Result<(), (ReasonCode, &'static str)> {
     let shared = shard.borrow().shared.clone();
+    let password = connect.password.as_deref();
+    let busy = (ReasonCode::SERVER_BUSY, "authentication queue full");
+    if let Some(v) = shared.verifier.as_ref().filter(|v| v.hooks.is_some()) {
+        let ask = v.authenticate(client(), password).map_err(|_| busy)?;
+        match answer(conn, ask).await {
+            Some(Verdict::Accepted) => return Ok(()),
+            Some(Verdict::Denied(reason)) => return Err((reason, "refused by the hook")),
+            Some(Verdict::Refused) => {
+                return Err((ReasonCode::BAD_USER_NAME_OR_PASSWORD, "refused by the hook"));
+            }
+            Some(Verdict::Default) => {}
+            None => return Err((ReasonCode::NOT_AUTHORIZED, "connect timeout")),
+        }
+    }
     let anonymous = shared.config.auth.anonymous_allowed();
-    let (Some(user), Some(verifier)) = (&connect.username, &shared.verifier) else {
+    let with_file = shared.config.auth.password_file.is_some();
+    let (Some(user), Some(verifier), true) = (&connect.username, &shared.verifier, with_file)
+    else {
         return if connect.username.is_none() && !anonymous {
             Err((ReasonCode::NOT_AUTHORIZED, "anonymous client refused"))
         } else if connect.username.is_some() && !anonymous {
@@ -259,13 +290,25 @@ async fn check_password(
             Ok(())
         };
     };
-    let password = connect.password.as_deref().unwrap_or(&[]);
-    let Ok(mut check) = verifier.verify(user.as_str(), password) else {
-        return Err((ReasonCode::SERVER_BUSY, "authentication queue full"));
-    };
-    let ok = poll_fn(|cx| {
-        if let Poll::Ready(ok) = std::pin::Pin::new(&mut check).poll(cx) {
-            return Poll::Ready(Some(ok));
+    let check = verifier
+        .verify(user.as_str(), password.unwrap_or_default())
+        .map_err(|_| busy)?;
+    match answer(conn, check).await {
+        Some(Verdict::Accepted) => Ok(()),
+        Some(_) => Err((
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            "bad user name or password",
+        )),
+        None => Err((ReasonCode::NOT_AUTHORIZED, "connect timeout")),
+    }
+}
+
+/// Waits for the authentication thread's answer, or for the connection to be closed (the
+/// connect timeout).
+async fn answer(conn: &ConnShared, mut v: Verification) -> Option<Verdict> {
+    poll_fn(|cx| {
+        if let Poll::Ready(verdict) = std::pin::Pin::new(&mut v).poll(cx) {
+            return Poll::Ready(Some(verdict));
         }
         if conn.is_closing() {
             return Poll::Ready(None);
@@ -273,15 +316,7 @@ async fn check_password(
         conn.reader.set(Some(cx.waker().clone()));
         Poll::Pending
     })
-    .await;
-    match ok {
-        Some(true) => Ok(()),
-        Some(false) => Err((
-            ReasonCode::BAD_USER_NAME_OR_PASSWORD,
-            "bad user name or password",
-        )),
-        None => Err((ReasonCode::NOT_AUTHORIZED, "connect timeout")),
-    }
+    .await
 }
 
 /// Reads into the free tail of `buf` (monoio would otherwise read over unparsed bytes at
@@ -411,8 +446,15 @@ async fn read_loop(
 
     // User name and password (unless enhanced authentication let the client in): checked on
     // the authentication thread against the password file.
+    let peer = rd.peer_addr().ok();
+    let who = |client_id: &str| ClientInfo {
+        client_id: client_id.to_string(),
+        username: connect.username.as_ref().map(|u| u.as_str().to_string()),
+        peer,
+    };
     if auth_done.is_none() {
-        if let Err((reason, why)) = check_password(shard, conn, &connect).await {
+        let checked = check_password(shard, conn, &connect, || who(connect.client_id.as_str()));
+        if let Err((reason, why)) = checked.await {
             let mut out = BytesMut::new();
             encode_refusal(version, reason, &mut out);
             conn.leftover.borrow_mut().extend_from_slice(&out);
@@ -463,13 +505,28 @@ async fn read_loop(
         }
     };
 
-    // What the ACL lets this client do; a will it may not publish refuses the CONNECT.
-    let acl = shard.borrow().shared.acl.load().as_ref().map(|a| {
+    // What the ACL and the hooks let this client do; a will it may not publish refuses the
+    // CONNECT.
+    let authz = {
+        let s = shard.borrow();
         let user = connect.username.as_ref().map(|u| u.as_str());
-        Arc::new(a.for_client(accepted.client_id.as_str(), user))
-    });
-    let will_denied = match (&acl, &connect.will) {
-        (Some(acl), Some(w)) => !acl.allows_topic(w.topic.as_str(), Access::Write),
+        let acl = s
+            .shared
+            .acl
+            .load()
+            .as_ref()
+            .map(|a| a.for_client(accepted.client_id.as_str(), user));
+        let hooks = s.shared.verifier.as_ref().and_then(|v| v.hooks.clone());
+        (acl.is_some() || hooks.is_some()).then(|| {
+            Arc::new(Authz {
+                client: who(accepted.client_id.as_str()),
+                acl,
+                hooks,
+            })
+        })
+    };
+    let will_denied = match (&authz, &connect.will) {
+        (Some(z), Some(w)) => !z.allows_publish(w.topic.as_str()),
         _ => false,
     };
     if will_denied {
@@ -512,7 +569,7 @@ async fn read_loop(
             ),
         };
         session.attach(&connect);
-        session.set_acl(acl);
+        session.set_authz(authz.clone());
         let keep_alive = session.keep_alive();
         let assigned = accepted.assigned.then_some(&accepted.client_id);
         let now = s.now;
@@ -532,6 +589,9 @@ async fn read_loop(
         conn.wake_writer();
         slot
     };
+    if let Some((h, c)) = authz.as_deref().and_then(Authz::hooks) {
+        h.on_connect(c);
+    }
     let username = connect.username.clone();
     drop(connect);
 

@@ -31,6 +31,7 @@ use super::spawn::{run_on_runtime, spawn_pinned};
 use super::state::directory_shard;
 use super::state::{Shard, ShardWaker, Shared};
 use super::verify::Verifier;
+use crate::auth::Hooks;
 use crate::auth::acl::Acl;
 use crate::auth::password::PasswordFile;
 use crate::auth::{Authenticators, ScramSha256};
@@ -179,6 +180,16 @@ pub fn start(config: Config) -> Result<Broker, String> {
 /// [`start`] with the embedder's own enhanced-authentication methods (the library's hook for
 /// MQTT 5.0 AUTH exchanges: implement [`crate::auth::Authenticator`]).
 pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result<Broker, String> {
+    start_with_hooks(config, authenticators, None)
+}
+
+/// [`start_with`] and the embedder's [`Hooks`] (authenticate, authorize, hear about
+/// connects, publishes and subscriptions; see [`crate::auth::hooks`]).
+pub fn start_with_hooks(
+    config: Config,
+    authenticators: Arc<Authenticators>,
+    hooks: Option<Arc<dyn Hooks>>,
+) -> Result<Broker, String> {
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cores = config.shard_cores(available);
     let n = cores.len();
@@ -188,9 +199,13 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
         ));
     }
 
+    let queue = config.limits.auth_queue;
+    if hooks.is_some() {
+        tracing::info!("authentication: the embedder's hooks are asked first");
+    }
     let verifier = match &config.auth.password_file {
         Some(path) => {
-            let v = Verifier::start(load_password_file(path)?, config.limits.auth_queue)?;
+            let v = Verifier::start(load_password_file(path)?, hooks, queue)?;
             tracing::info!(
                 "authentication: {} users in {}; anonymous clients {}",
                 v.users(),
@@ -203,15 +218,18 @@ pub fn start_with(config: Config, authenticators: Arc<Authenticators>) -> Result
             );
             Some(v)
         }
-        None if config.auth.anonymous_allowed() => {
-            tracing::info!("authentication: no password file; anonymous clients allowed");
-            None
-        }
         None => {
-            tracing::info!(
-                "authentication: no password file and auth.allow_anonymous = false: only enhanced authentication (5.0) gets in"
-            );
-            None
+            if config.auth.anonymous_allowed() {
+                tracing::info!("authentication: no password file; anonymous clients allowed");
+            } else {
+                tracing::info!(
+                    "authentication: no password file and auth.allow_anonymous = false: only enhanced authentication (5.0) or the hooks let clients in"
+                );
+            }
+            match hooks {
+                Some(h) => Some(Verifier::start(PasswordFile::default(), Some(h), queue)?),
+                None => None,
+            }
         }
     };
 

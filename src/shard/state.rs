@@ -19,6 +19,7 @@ use smallvec::SmallVec;
 use super::conn::{ConnShared, Filed};
 use super::durability::{Effect, Effects, HeldAck, Tracker};
 use super::wheel::Wheel;
+use crate::auth::hooks::Authz;
 use crate::config::Config;
 use crate::index::{LocalIndex, RetainedStore, Routes, SetOutcome, SharedRoutes, Weigh};
 use crate::mesh::{Consumer, Doorbell, Envelope, Producer, Wake};
@@ -1500,6 +1501,10 @@ impl Shard {
             match action {
                 Action::Publish { msg, ack } => {
                     self.stats.received += 1;
+                    if let Some((h, c)) = self.sessions[slot].session.authz().and_then(Authz::hooks)
+                    {
+                        h.on_publish(c, msg.topic.as_str(), &msg.payload);
+                    }
                     if ack == Ack::None || !self.durability.on {
                         let matched = self.route(msg);
                         self.sessions[slot].session.ack(ack, matched);
@@ -1528,6 +1533,10 @@ impl Shard {
                     sub,
                     is_new,
                 } => {
+                    if let Some((h, c)) = self.sessions[slot].session.authz().and_then(Authz::hooks)
+                    {
+                        h.on_subscribe(c, filter.as_str());
+                    }
                     self.index_sub(&filter, slot, sub);
                     self.subscribed.push((filter, sub, is_new));
                     resubscribed = true;
@@ -1578,6 +1587,10 @@ impl Shard {
                     self.subscribed = subscribed;
                 }
                 Action::Unsubscribe(filter) => {
+                    if let Some((h, c)) = self.sessions[slot].session.authz().and_then(Authz::hooks)
+                    {
+                        h.on_unsubscribe(c, filter.as_str());
+                    }
                     self.unindex(&filter, slot);
                     resubscribed = true;
                 }

@@ -1,6 +1,7 @@
 //! The authentication thread: checks CONNECT user names and passwords against the password
-//! file, off the shards, so that a storm of connects with wrong passwords (each one a PBKDF2
-//! computation) costs this thread and not the shards' publishing.
+//! file, and asks the embedder's [`Hooks::authenticate`], off the shards, so that a storm of
+//! connects with wrong passwords (each one a PBKDF2 computation) or a slow hook costs this
+//! thread and not the shards' publishing.
 //!
 //! ```text
 //!  shard (connection task)                 shardmq-auth thread
@@ -21,29 +22,56 @@ use std::task::{Context, Poll};
 use arc_swap::ArcSwap;
 use atomic_waker::AtomicWaker;
 
+use crate::auth::hooks::{AuthDecision, ClientInfo, Hooks};
 use crate::auth::password::PasswordFile;
+use crate::protocol::ReasonCode;
 
 const PENDING: u8 = 0;
 const ACCEPTED: u8 = 1;
 const REFUSED: u8 = 2;
+const DEFAULT: u8 = 3;
+const DENIED: u8 = 4;
 
 /// One answer on its way back to a connection task.
 #[derive(Debug, Default)]
 struct Answer {
     state: AtomicU8,
+    /// The reason of a [`Verdict::Denied`].
+    reason: AtomicU8,
     waker: AtomicWaker,
 }
 
+enum Ask {
+    /// Check a user name and password against the password file.
+    Password(String),
+    /// Ask the hooks about this client.
+    Hook(ClientInfo),
+}
+
 struct Job {
-    user: String,
-    password: Vec<u8>,
+    ask: Ask,
+    password: Option<Vec<u8>>,
     answer: Arc<Answer>,
 }
 
+/// What the authentication thread answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The password matches, or the hook allowed the client.
+    Accepted,
+    /// The password does not match (or the user is unknown).
+    Refused,
+    /// The hook refused the client with this reason.
+    Denied(ReasonCode),
+    /// The hook had no opinion.
+    Default,
+}
+
 /// A handle to the authentication thread (shared by every shard).
-#[derive(Debug)]
 pub struct Verifier {
     tx: SyncSender<Job>,
+    /// The embedder's hooks, asked first.
+    pub hooks: Option<Arc<dyn Hooks>>,
     /// The password file the thread checks against (replaced on SIGHUP).
     file: Arc<ArcSwap<PasswordFile>>,
     /// CONNECTs refused because the queue was full.
@@ -54,24 +82,33 @@ pub struct Verifier {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Busy;
 
-impl std::fmt::Debug for Job {
+impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("user", &self.user).finish()
+        f.debug_struct("Verifier")
+            .field("users", &self.users())
+            .field("hooks", &self.hooks.is_some())
+            .finish_non_exhaustive()
     }
 }
 
 impl Verifier {
-    /// Starts the thread over `file`, with a queue of `queue` jobs.
-    pub fn start(file: PasswordFile, queue: usize) -> Result<Verifier, String> {
+    /// Starts the thread over `file` (empty without a password file) and `hooks`, with a
+    /// queue of `queue` jobs.
+    pub fn start(
+        file: PasswordFile,
+        hooks: Option<Arc<dyn Hooks>>,
+        queue: usize,
+    ) -> Result<Verifier, String> {
         let (tx, rx) = sync_channel(queue.max(1));
         let file = Arc::new(ArcSwap::from_pointee(file));
-        let theirs = file.clone();
+        let (their_file, their_hooks) = (file.clone(), hooks.clone());
         std::thread::Builder::new()
             .name("shardmq-auth".into())
-            .spawn(move || run(&theirs, &rx))
+            .spawn(move || run(&their_file, their_hooks.as_deref(), &rx))
             .map_err(|e| format!("cannot start the authentication thread: {e}"))?;
         Ok(Verifier {
             tx,
+            hooks,
             file,
             busy: AtomicU64::new(0),
         })
@@ -87,12 +124,26 @@ impl Verifier {
         self.file.store(Arc::new(file));
     }
 
-    /// Checks `user` / `password`; resolves to whether they match the file.
+    /// Checks `user` / `password` against the file: [`Verdict::Accepted`] or
+    /// [`Verdict::Refused`].
     pub fn verify(&self, user: &str, password: &[u8]) -> Result<Verification, Busy> {
+        self.ask(Ask::Password(user.to_string()), Some(password))
+    }
+
+    /// Asks the hooks whether `client` may connect.
+    pub fn authenticate(
+        &self,
+        client: ClientInfo,
+        password: Option<&[u8]>,
+    ) -> Result<Verification, Busy> {
+        self.ask(Ask::Hook(client), password)
+    }
+
+    fn ask(&self, ask: Ask, password: Option<&[u8]>) -> Result<Verification, Busy> {
         let answer = Arc::new(Answer::default());
         let job = Job {
-            user: user.to_string(),
-            password: password.to_vec(),
+            ask,
+            password: password.map(<[u8]>::to_vec),
             answer: answer.clone(),
         };
         match self.tx.try_send(job) {
@@ -112,9 +163,9 @@ pub struct Verification {
 }
 
 impl Future for Verification {
-    type Output = bool;
+    type Output = Verdict;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Verdict> {
         let a = &self.answer;
         if a.state.load(Ordering::Acquire) == PENDING {
             a.waker.register(cx.waker());
@@ -123,14 +174,42 @@ impl Future for Verification {
                 return Poll::Pending;
             }
         }
-        Poll::Ready(a.state.load(Ordering::Acquire) == ACCEPTED)
+        Poll::Ready(match a.state.load(Ordering::Acquire) {
+            ACCEPTED => Verdict::Accepted,
+            DENIED => Verdict::Denied(ReasonCode(a.reason.load(Ordering::Acquire))),
+            DEFAULT => Verdict::Default,
+            _ => Verdict::Refused,
+        })
     }
 }
 
-fn run(file: &ArcSwap<PasswordFile>, rx: &Receiver<Job>) {
+fn run(file: &ArcSwap<PasswordFile>, hooks: Option<&dyn Hooks>, rx: &Receiver<Job>) {
     while let Ok(job) = rx.recv() {
-        let ok = file.load().verify(&job.user, &job.password);
-        let state = if ok { ACCEPTED } else { REFUSED };
+        let password = job.password.as_deref();
+        let state = match (&job.ask, hooks) {
+            (Ask::Password(user), _) => {
+                if file.load().verify(user, password.unwrap_or_default()) {
+                    ACCEPTED
+                } else {
+                    REFUSED
+                }
+            }
+            (Ask::Hook(client), Some(h)) => match h.authenticate(client, password) {
+                AuthDecision::Allow => ACCEPTED,
+                AuthDecision::Deny(reason) => {
+                    // A success code would let the client in: refuse with 0x87 instead.
+                    let reason = if reason.is_success() {
+                        ReasonCode::NOT_AUTHORIZED
+                    } else {
+                        reason
+                    };
+                    job.answer.reason.store(reason.0, Ordering::Release);
+                    DENIED
+                }
+                AuthDecision::Default => DEFAULT,
+            },
+            (Ask::Hook(_), None) => DEFAULT,
+        };
         job.answer.state.store(state, Ordering::Release);
         job.answer.waker.wake();
     }
@@ -142,6 +221,10 @@ mod tests {
     use crate::auth::password::PasswordHash;
 
     fn block_on(v: Verification) -> bool {
+        verdict(v) == Verdict::Accepted
+    }
+
+    fn verdict(v: Verification) -> Verdict {
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut v = std::pin::pin!(v);
@@ -157,7 +240,7 @@ mod tests {
     fn answers_come_back_from_the_thread() {
         let mut f = PasswordFile::default();
         f.set("u", PasswordHash::new("pw", 10).unwrap()).unwrap();
-        let v = Verifier::start(f, 4).unwrap();
+        let v = Verifier::start(f, None, 4).unwrap();
         assert!(block_on(v.verify("u", b"pw").unwrap()));
         assert!(!block_on(v.verify("u", b"no").unwrap()));
         assert!(!block_on(v.verify("nobody", b"pw").unwrap()));
@@ -174,10 +257,37 @@ mod tests {
         let mut f = PasswordFile::default();
         f.set("u", PasswordHash::new("pw", 200_000).unwrap())
             .unwrap();
-        let v = Verifier::start(f, 1).unwrap();
+        let v = Verifier::start(f, None, 1).unwrap();
         // The thread is busy with the first for a while; the queue holds one more.
         let jobs: Vec<_> = (0..8).map(|_| v.verify("u", b"pw")).collect();
         assert!(jobs.iter().any(|j| j.is_err()));
         assert!(v.busy.load(Ordering::Relaxed) > 0);
+    }
+
+    struct OnlyEven;
+    impl Hooks for OnlyEven {
+        fn authenticate(&self, c: &ClientInfo, _: Option<&[u8]>) -> AuthDecision {
+            match c.client_id.len() % 3 {
+                0 => AuthDecision::Allow,
+                1 => AuthDecision::Deny(ReasonCode::BANNED),
+                _ => AuthDecision::Default,
+            }
+        }
+    }
+
+    #[test]
+    fn the_hook_answers_allow_deny_or_no_opinion() {
+        let v = Verifier::start(PasswordFile::default(), Some(Arc::new(OnlyEven)), 4).unwrap();
+        let ask = |id: &str| {
+            let c = ClientInfo {
+                client_id: id.into(),
+                username: None,
+                peer: None,
+            };
+            verdict(v.authenticate(c, None).unwrap())
+        };
+        assert_eq!(ask("abc"), Verdict::Accepted);
+        assert_eq!(ask("a"), Verdict::Denied(ReasonCode::BANNED));
+        assert_eq!(ask("ab"), Verdict::Default);
     }
 }
