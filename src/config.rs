@@ -35,6 +35,24 @@ pub struct Config {
     pub persistence: Persistence,
     /// Every bound the broker enforces.
     pub limits: Limits,
+    /// MQTT over TLS listeners.
+    pub tls: Tls,
+}
+
+/// MQTT over TLS (rustls; TLS 1.2 and 1.3).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// TLS listeners, e.g. `["0.0.0.0:8883"]` (none by default).
+    pub listen: Vec<SocketAddr>,
+    /// The server's certificate chain (PEM, leaf first).
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Refuse clients without a certificate signed by `ca_file`.
+    pub require_certificate: bool,
 }
 
 impl Default for Config {
@@ -51,6 +69,7 @@ impl Default for Config {
             auth: Auth::default(),
             persistence: Persistence::default(),
             limits: Limits::default(),
+            tls: Tls::default(),
         }
     }
 }
@@ -317,6 +336,16 @@ impl Config {
         if self.listen.is_empty() {
             return Err(
                 "listen: at least one address is needed, e.g. listen = [\"0.0.0.0:1883\"]".into(),
+            );
+        }
+        let t = &self.tls;
+        if !t.listen.is_empty() && (t.cert_file.is_none() || t.key_file.is_none()) {
+            return Err("tls.listen needs tls.cert_file and tls.key_file".into());
+        }
+        if t.require_certificate && t.ca_file.is_none() {
+            return Err(
+                "tls.require_certificate needs tls.ca_file (the CA client certificates chain to)"
+                    .into(),
             );
         }
         if let Some(c) = &self.cores {

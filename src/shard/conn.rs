@@ -19,7 +19,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,9 +30,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use monoio::buf::IoBufMut;
 use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Split,
+    Splitable,
 };
-use monoio::net::TcpStream;
 
 use super::state::Shard;
 use super::throttle::Throttle;
@@ -175,10 +176,19 @@ impl Watched for Filed {
     }
 }
 
-/// Serves one accepted socket until it closes.
-pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let fd = stream.as_raw_fd();
+/// What a connection runs over: a TCP socket, or TLS on one.
+pub trait Transport: AsyncReadRent + AsyncWriteRent + Split + 'static {}
+
+impl<S: AsyncReadRent + AsyncWriteRent + Split + 'static> Transport for S {}
+
+/// Serves one accepted connection until it closes. `fd` is its TCP socket (shut down to
+/// close it), `peer` the remote address.
+pub async fn serve<S: Transport>(
+    shard: Rc<RefCell<Shard>>,
+    stream: S,
+    fd: RawFd,
+    peer: Option<SocketAddr>,
+) {
     let conn = {
         let mut s = shard.borrow_mut();
         let grace = s.shared.config.limits.connect_timeout_secs.max(1);
@@ -188,7 +198,7 @@ pub async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream) {
     };
     let (mut rd, wr) = stream.into_split();
     monoio::spawn(writer(shard.clone(), conn.clone(), wr));
-    let why = read_loop(&shard, &conn, &mut rd).await;
+    let why = read_loop(&shard, &conn, &mut rd, peer).await;
     tracing::debug!(token = conn.token, why, "connection closed");
     if let Some(slot) = conn.slot.get() {
         let authz = {
@@ -225,8 +235,8 @@ fn send_early(conn: &ConnShared, version: Version, p: &Packet) {
 
 /// The next whole packet of a connection that has no session yet, read in small reads (its
 /// strings may be kept).
-async fn next_packet(
-    rd: &mut OwnedReadHalf<TcpStream>,
+async fn next_packet<S: Transport>(
+    rd: &mut OwnedReadHalf<S>,
     buf: &mut BytesMut,
     conn: &ConnShared,
     version: Version,
@@ -338,10 +348,11 @@ pub async fn fill(
     res
 }
 
-async fn read_loop(
+async fn read_loop<S: Transport>(
     shard: &Rc<RefCell<Shard>>,
     conn: &Rc<ConnShared>,
-    rd: &mut OwnedReadHalf<TcpStream>,
+    rd: &mut OwnedReadHalf<S>,
+    peer: Option<SocketAddr>,
 ) -> &'static str {
     let (read_buffer, max_packet, max_client_id) = {
         let s = shard.borrow();
@@ -446,7 +457,6 @@ async fn read_loop(
 
     // User name and password (unless enhanced authentication let the client in): checked on
     // the authentication thread against the password file.
-    let peer = rd.peer_addr().ok();
     let who = |client_id: &str| ClientInfo {
         client_id: client_id.to_string(),
         username: connect.username.as_ref().map(|u| u.as_str().to_string()),
@@ -711,10 +721,10 @@ async fn read_loop(
     }
 }
 
-async fn writer(
+async fn writer<S: Transport>(
     shard: Rc<RefCell<Shard>>,
     conn: Rc<ConnShared>,
-    mut wr: OwnedWriteHalf<TcpStream>,
+    mut wr: OwnedWriteHalf<S>,
 ) {
     let mut spare = BytesMut::new();
     loop {

@@ -21,5 +21,6 @@ pub mod run;
 pub mod spawn;
 pub mod state;
 pub mod throttle;
+pub mod tls;
 pub mod verify;
 pub mod wheel;

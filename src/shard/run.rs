@@ -16,6 +16,7 @@
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -30,6 +31,7 @@ use super::listen::bind_shared;
 use super::spawn::{run_on_runtime, spawn_pinned};
 use super::state::directory_shard;
 use super::state::{Shard, ShardWaker, Shared};
+use super::tls::Acceptor;
 use super::verify::Verifier;
 use crate::auth::Hooks;
 use crate::auth::acl::Acl;
@@ -298,13 +300,23 @@ pub fn start_with_hooks(
     };
     let seed = Arc::new(seed);
 
-    let mut per_shard: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+    let mut per_shard: Vec<Vec<Listener>> = (0..n).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
-    for addr in &config.listen {
+    let acceptor = if config.tls.listen.is_empty() {
+        None
+    } else {
+        Some(super::tls::acceptor(&config.tls)?)
+    };
+    let plain = config.listen.iter().map(|a| (a, None));
+    let tls = config.tls.listen.iter().map(|a| (a, acceptor.clone()));
+    for (addr, tls) in plain.chain(tls) {
         let ls = bind_shared(*addr, n, BACKLOG).map_err(|e| e.to_string())?;
-        addrs.push(ls[0].local_addr().map_err(|e| e.to_string())?);
+        addrs.push((
+            ls[0].local_addr().map_err(|e| e.to_string())?,
+            tls.is_some(),
+        ));
         for (i, l) in ls.into_iter().enumerate() {
-            per_shard[i].push(l);
+            per_shard[i].push((l, tls.clone()));
         }
     }
 
@@ -387,9 +399,11 @@ pub fn start_with_hooks(
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    for a in &addrs {
-        tracing::info!("listening on {a} (mqtt over tcp, {n} shards)");
+    for (a, tls) in &addrs {
+        let over = if *tls { "tls" } else { "tcp" };
+        tracing::info!("listening on {a} (mqtt over {over}, {n} shards)");
     }
+    let addrs = addrs.into_iter().map(|(a, _)| a).collect();
     Ok(Broker {
         addrs,
         threads,
@@ -403,7 +417,7 @@ async fn shard_main(
     shared: Arc<Shared>,
     out: Vec<Option<Producer<Envelope>>>,
     inbound: Vec<Consumer<Envelope>>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<Listener>,
     seed: Seed,
 ) {
     let mut state = Shard::new(id, shared.clone(), out, inbound);
@@ -413,10 +427,10 @@ async fn shard_main(
     // Recovered routes are visible now; clients are accepted once every shard is here.
     shared.seeded.fetch_add(1, Ordering::Release);
     let shard = Rc::new(RefCell::new(state));
-    for l in listeners {
+    for (l, tls) in listeners {
         match monoio::net::TcpListener::from_std(l) {
             Ok(l) => {
-                monoio::spawn(accept_loop(shard.clone(), l));
+                monoio::spawn(accept_loop(shard.clone(), l, tls));
             }
             Err(e) => tracing::error!(shard = id, "cannot adopt listener: {e}"),
         }
@@ -425,7 +439,14 @@ async fn shard_main(
     pump(shard, shared, id).await;
 }
 
-async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListener) {
+/// One shard's socket of a listener, and the TLS acceptor when it is a TLS listener.
+type Listener = (std::net::TcpListener, Option<Acceptor>);
+
+async fn accept_loop(
+    shard: Rc<RefCell<Shard>>,
+    listener: monoio::net::TcpListener,
+    tls: Option<Acceptor>,
+) {
     let max = shard.borrow().shared.config.limits.max_connections;
     // A publish accepted here before another shard has its recovered sessions (and their
     // routes) would miss them.
@@ -460,13 +481,55 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListen
                     continue;
                 }
                 shard.borrow_mut().open_connections += 1;
-                monoio::spawn(conn::serve(shard.clone(), stream));
+                let _ = stream.set_nodelay(true);
+                let fd = stream.as_raw_fd();
+                match &tls {
+                    None => {
+                        monoio::spawn(conn::serve(shard.clone(), stream, fd, Some(peer)));
+                    }
+                    Some(acceptor) => {
+                        monoio::spawn(handshake(shard.clone(), acceptor.clone(), stream, fd, peer));
+                    }
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!("accept failed: {e}");
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
+        }
+    }
+}
+
+/// The TLS handshake of an accepted socket (within `limits.connect_timeout_secs`), then the
+/// connection. A failed handshake closes the socket (logged at debug: scanners are common).
+async fn handshake(
+    shard: Rc<RefCell<Shard>>,
+    acceptor: Acceptor,
+    stream: monoio::net::TcpStream,
+    fd: std::os::fd::RawFd,
+    peer: SocketAddr,
+) {
+    let limit = Duration::from_secs(u64::from(
+        shard
+            .borrow()
+            .shared
+            .config
+            .limits
+            .connect_timeout_secs
+            .max(1),
+    ));
+    match monoio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => conn::serve(shard, tls, fd, Some(peer)).await,
+        outcome => {
+            let why = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".into(),
+            };
+            tracing::debug!(%peer, "TLS handshake failed: {why}");
+            let mut s = shard.borrow_mut();
+            s.open_connections -= 1;
+            s.shared.connections.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
