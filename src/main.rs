@@ -99,7 +99,7 @@ fn main() {
                                 let done = broker.reload();
                                 if done.is_empty() {
                                     tracing::info!(
-                                        "SIGHUP: nothing to reload (no password or ACL file)"
+                                        "SIGHUP: nothing to reload (no password file, ACL file or TLS listener)"
                                     );
                                 } else {
                                     tracing::info!("SIGHUP: reloaded {}", done.join(", "));

@@ -96,6 +96,23 @@ fn run(mut c: Command) -> Output {
         .expect("run a mosquitto client")
 }
 
+/// Runs `mosquitto_pub` against `port` with `args`.
+fn publish(port: u16, args: &[&str]) -> Output {
+    run(mosquitto("mosquitto_pub", port, args))
+}
+
+/// `mosquitto_sub` for one message on `topic` (over TLS when `ca` is given), started.
+fn subscriber(port: u16, ca: Option<&str>, topic: &str) -> std::process::Child {
+    let mut args = vec!["-t", topic, "-C", "1", "-W", "10"];
+    if let Some(ca) = ca {
+        args.extend(["--cafile", ca]);
+    }
+    mosquitto("mosquitto_sub", port, &args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn mosquitto_clients_talk_over_tls_and_to_plain_tcp_clients() {
     let dir = temp_dir("tls");
@@ -103,28 +120,13 @@ fn mosquitto_clients_talk_over_tls_and_to_plain_tcp_clients() {
     let (b, port) = tls_broker(&dir, &pki, false);
     let ca = pki.ca.to_str().unwrap();
     // A subscriber over TLS, another over plain TCP; one publish over TLS reaches both.
-    let tls_sub = mosquitto(
-        "mosquitto_sub",
-        port,
-        &["--cafile", ca, "-t", "t/#", "-C", "1", "-W", "10"],
-    )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let tcp_sub = mosquitto(
-        "mosquitto_sub",
-        b.port(),
-        &["-t", "t/#", "-C", "1", "-W", "10"],
-    )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let tls_sub = subscriber(port, Some(ca), "t/#");
+    let tcp_sub = subscriber(b.port(), None, "t/#");
     std::thread::sleep(Duration::from_millis(500));
-    let out = run(mosquitto(
-        "mosquitto_pub",
+    let out = publish(
         port,
         &["--cafile", ca, "-t", "t/x", "-m", "over tls", "-q", "1"],
-    ));
+    );
     assert!(out.status.success(), "{out:?}");
     for sub in [tls_sub, tcp_sub] {
         let out = sub.wait_with_output().unwrap();
@@ -137,8 +139,7 @@ fn mosquitto_clients_talk_over_tls_and_to_plain_tcp_clients() {
         std::fs::read_to_string(&pki.client_cert).unwrap(),
     )
     .unwrap();
-    let out = run(mosquitto(
-        "mosquitto_pub",
+    let out = publish(
         port,
         &[
             "--cafile",
@@ -148,16 +149,12 @@ fn mosquitto_clients_talk_over_tls_and_to_plain_tcp_clients() {
             "-m",
             "x",
         ],
-    ));
+    );
     assert!(!out.status.success(), "{out:?}");
     // Plain MQTT on the TLS port is not a TLS handshake: closed, and the broker goes on.
-    let out = run(mosquitto("mosquitto_pub", port, &["-t", "t/x", "-m", "x"]));
+    let out = publish(port, &["-t", "t/x", "-m", "x"]);
     assert!(!out.status.success(), "{out:?}");
-    let out = run(mosquitto(
-        "mosquitto_pub",
-        port,
-        &["--cafile", ca, "-t", "t/x", "-m", "still"],
-    ));
+    let out = publish(port, &["--cafile", ca, "-t", "t/x", "-m", "still"]);
     assert!(out.status.success(), "{out:?}");
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);
@@ -169,17 +166,12 @@ fn a_required_client_certificate_is_checked() {
     let pki = pki(&dir);
     let (b, port) = tls_broker(&dir, &pki, true);
     let ca = pki.ca.to_str().unwrap();
-    let without = run(mosquitto(
-        "mosquitto_pub",
-        port,
-        &["--cafile", ca, "-t", "t", "-m", "x"],
-    ));
+    let without = publish(port, &["--cafile", ca, "-t", "t", "-m", "x"]);
     assert!(
         !without.status.success(),
         "no client certificate: {without:?}"
     );
-    let with = run(mosquitto(
-        "mosquitto_pub",
+    let with = publish(
         port,
         &[
             "--cafile",
@@ -193,10 +185,72 @@ fn a_required_client_certificate_is_checked() {
             "-m",
             "x",
         ],
-    ));
+    );
     assert!(
         with.status.success(),
         "with the client certificate: {with:?}"
+    );
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGHUP reloads the certificate and key: new handshakes get the new ones, an open TLS
+/// connection stays up.
+#[test]
+fn sighup_reloads_the_certificate() {
+    let dir = temp_dir("tls-reload");
+    let old = pki(&dir);
+    let (b, port) = tls_broker(&dir, &old, false);
+    let ca = old.ca.to_str().unwrap();
+    let held = subscriber(port, Some(ca), "r");
+    std::thread::sleep(Duration::from_millis(300));
+    // A new CA and server certificate, written over the configured files.
+    let fresh_dir = dir.join("fresh");
+    std::fs::create_dir_all(&fresh_dir).unwrap();
+    let fresh = pki(&fresh_dir);
+    std::fs::copy(&fresh.server_cert, &old.server_cert).unwrap();
+    std::fs::copy(&fresh.server_key, &old.server_key).unwrap();
+    let pid = b.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = b.log.recv_timeout(left).expect("the reload is logged");
+        if line.contains("SIGHUP: reloaded tls.cert_file and tls.key_file") {
+            break;
+        }
+    }
+    let out = publish(port, &["--cafile", ca, "-t", "r", "-m", "x"]);
+    assert!(
+        !out.status.success(),
+        "the old CA no longer matches: {out:?}"
+    );
+    let new_ca = fresh.ca.to_str().unwrap();
+    let out = publish(
+        port,
+        &[
+            "--cafile",
+            new_ca,
+            "-t",
+            "r",
+            "-m",
+            "after reload",
+            "-q",
+            "1",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = held.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "after reload",
+        "the connection made before the reload stayed up"
     );
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);

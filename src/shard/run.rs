@@ -62,6 +62,8 @@ pub struct Broker {
     pub shared: Arc<Shared>,
     /// The store and its thread, when persistence is on.
     pub store: Option<(Store, JoinHandle<()>)>,
+    /// The TLS listeners' certificate, when there are any.
+    pub certificates: Option<Arc<super::tls::Certificates>>,
 }
 
 impl Broker {
@@ -90,8 +92,9 @@ impl Broker {
         open
     }
 
-    /// SIGHUP: reads the password file and the ACL file again (for connections from now on;
-    /// connected clients stay connected with what they connected with). A file that does not
+    /// SIGHUP: reads the password file, the ACL file and the TLS certificate again (for
+    /// connections from now on; connected clients stay connected with what they connected
+    /// with). A file that does not
     /// load keeps the old one, with an error line. Returns what was reloaded, for the log.
     pub fn reload(&self) -> Vec<String> {
         let auth = &self.shared.config.auth;
@@ -103,6 +106,12 @@ impl Broker {
                     v.replace(file);
                 }
                 Err(e) => tracing::error!("SIGHUP: {e}; keeping the password file loaded before"),
+            }
+        }
+        if let Some(c) = &self.certificates {
+            match c.reload() {
+                Ok(()) => done.push("tls.cert_file and tls.key_file".into()),
+                Err(e) => tracing::error!("SIGHUP: {e}; keeping the certificate loaded before"),
             }
         }
         if let Some(path) = &auth.acl_file {
@@ -302,10 +311,11 @@ pub fn start_with_hooks(
 
     let mut per_shard: Vec<Vec<Listener>> = (0..n).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
-    let acceptor = if config.tls.listen.is_empty() {
-        None
+    let (acceptor, certificates) = if config.tls.listen.is_empty() {
+        (None, None)
     } else {
-        Some(super::tls::acceptor(&config.tls)?)
+        let (a, c) = super::tls::acceptor(&config.tls)?;
+        (Some(a), Some(c))
     };
     let plain = config.listen.iter().map(|a| (a, None));
     let tls = config.tls.listen.iter().map(|a| (a, acceptor.clone()));
@@ -409,6 +419,7 @@ pub fn start_with_hooks(
         threads,
         shared,
         store,
+        certificates,
     })
 }
 
