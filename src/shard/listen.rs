@@ -38,19 +38,32 @@ fn socket_for(addr: SocketAddr) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Fails when another process already listens on `addr`.
+/// How long a busy port is retried before it counts as another process's: a broker that
+/// just exited (a restart) may hold its listening sockets a moment longer, while the kernel
+/// tears down its io_uring instance (pending accepts keep them open).
+const BUSY_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Fails when another process already listens on `addr` (after [`BUSY_GRACE`]).
 fn probe(addr: SocketAddr) -> Result<(), ListenError> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let socket = socket_for(addr)
-        .map_err(|e| ListenError(format!("cannot create a socket for {addr}: {e}")))?;
-    match socket.bind(&addr.into()).and_then(|()| socket.listen(1)) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(ListenError(format!(
-            "cannot listen on {addr}: the port is already in use by another process; stop it or choose another address with --listen"
-        ))),
-        Err(e) => Err(ListenError(format!("cannot listen on {addr}: {e}"))),
+    let deadline = std::time::Instant::now() + BUSY_GRACE;
+    loop {
+        let socket = socket_for(addr)
+            .map_err(|e| ListenError(format!("cannot create a socket for {addr}: {e}")))?;
+        match socket.bind(&addr.into()).and_then(|()| socket.listen(1)) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(ListenError(format!(
+                        "cannot listen on {addr}: the port is already in use by another process; stop it or choose another address with --listen"
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(ListenError(format!("cannot listen on {addr}: {e}"))),
+        }
     }
 }
 
