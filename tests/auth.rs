@@ -30,21 +30,6 @@ fn passwd(flags: &[&str], file: &Path, user: &str, password: &str) -> std::proce
     child.wait_with_output().unwrap()
 }
 
-fn have_mosquitto_passwd() -> bool {
-    let found = Command::new("mosquitto_passwd")
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found && std::env::var_os("SHARDMQ_SKIP_MOSQUITTO").is_none() {
-        panic!(
-            "mosquitto_passwd not found: install mosquitto (apt-get install -y mosquitto) or set SHARDMQ_SKIP_MOSQUITTO=1"
-        );
-    }
-    found
-}
-
 /// A broker whose config names `passwd` (and whatever `extra` TOML lines add to `[auth]`).
 fn broker_with(dir: &Path, passwd: &Path, extra: &str) -> (Broker, PathBuf) {
     let config = dir.join("shardmq.toml");
@@ -100,7 +85,7 @@ fn alice_broker(what: &str, password: &str, extra: &str) -> (PathBuf, PathBuf, B
 
 #[test]
 fn password_files_from_shardmq_and_mosquitto_passwd_both_let_their_users_in() {
-    if !have_mosquitto_passwd() {
+    if !common::have_tool("mosquitto_passwd", "mosquitto") {
         return;
     }
     let dir = temp_dir("auth-passwd");

@@ -12,18 +12,7 @@ use std::time::Duration;
 use common::Broker;
 
 fn have_clients() -> bool {
-    let found = Command::new("mosquitto_pub")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found && std::env::var_os("SHARDMQ_SKIP_MOSQUITTO").is_none() {
-        panic!(
-            "mosquitto_pub not found: install mosquitto-clients (apt-get install -y mosquitto-clients) or set SHARDMQ_SKIP_MOSQUITTO=1"
-        );
-    }
-    found
+    common::have_tool("mosquitto_pub", "mosquitto-clients")
 }
 
 /// Starts `mosquitto_sub` for `count` messages on `filter`, waits until it has subscribed.

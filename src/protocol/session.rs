@@ -1316,27 +1316,24 @@ impl Session {
             ));
         }
         let id = p.packet_id;
-        if p.properties.payload_format_indicator == Some(1)
+        // Not routed; QoS 1/2 publishers hear why (5.0; 3.1.1 acknowledgements cannot say
+        // it), QoS 0 is dropped:
+        let refused = if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
-            // §3.3.2.3.2: the broker may check a payload declared UTF-8; the message is not
-            // routed, and QoS 1/2 publishers are told why.
-            let reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
-            match p.qos {
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => self.encode_ack(Ack::PubAck(id), reason),
-                QoS::ExactlyOnce => self.encode_ack(Ack::PubRec(id), reason),
-            }
-            return Ok(());
-        }
-        if self
+            // §3.3.2.3.2: the broker may check a payload declared UTF-8.
+            Some(ReasonCode::PAYLOAD_FORMAT_INVALID)
+        } else if self
             .authz
             .as_ref()
             .is_some_and(|a| !a.allows_publish(p.topic.as_str()))
         {
-            // Not routed; 5.0 publishers of QoS 1/2 hear why (0x87), QoS 0 is dropped, 3.1.1
-            // has no way to say it (the acknowledgement is a plain one).
-            let reason = ReasonCode::NOT_AUTHORIZED;
+            // The ACL or a hook does not let this client publish there.
+            Some(ReasonCode::NOT_AUTHORIZED)
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
             match p.qos {
                 QoS::AtMostOnce => {}
                 QoS::AtLeastOnce => self.encode_ack(Ack::PubAck(id), reason),

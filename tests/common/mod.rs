@@ -201,6 +201,24 @@ impl Raw {
     }
 }
 
+/// Whether the mosquitto tool `tool` (from Debian's `package`) is installed. Without it the
+/// test fails saying how to install it, unless `SHARDMQ_SKIP_MOSQUITTO` is set (then the
+/// caller skips).
+pub fn have_tool(tool: &str, package: &str) -> bool {
+    let found = Command::new(tool)
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found && std::env::var_os("SHARDMQ_SKIP_MOSQUITTO").is_none() {
+        panic!(
+            "{tool} not found: install {package} (apt-get install -y {package}) or set SHARDMQ_SKIP_MOSQUITTO=1"
+        );
+    }
+    found
+}
+
 /// A CONNECT packet.
 pub fn connect_packet(version: Version, id: &str, clean: bool, keep_alive: u16) -> Packet {
     Packet::Connect(Box::new(Connect {
