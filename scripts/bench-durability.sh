@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# QoS 1 to persistent sessions: shardmq in memory, with durability "relaxed" and "sync",
-# side by side in one run (the brokers take turns round by round, so machine drift hits all).
+# QoS 1 to persistent sessions: shardmq in memory, with durability "relaxed" and "sync", and
+# mosquitto (when installed) with `persistence true` and a 1 s autosave (it acknowledges before
+# saving), side by side in one run (the brokers take turns round by round).
 #
 #   scripts/bench-durability.sh [--rounds N] [--duration S] [--pairs N] [--shards N]
 #
@@ -28,13 +29,23 @@ port=18830
 data=$(mktemp -d)
 trap 'rm -rf "$data"' EXIT
 for r in $(seq 1 "$rounds"); do
-  for mode in memory relaxed sync; do
+  modes="memory relaxed sync"
+  command -v mosquitto >/dev/null 2>&1 && modes="$modes mosquitto"
+  for mode in $modes; do
     rm -rf "$data/store"
+    port=$((port + 1))
     case $mode in
       memory) flags=(--no-persistence) ;;
       *) flags=(--data-dir "$data/store" --durability "$mode") ;;
     esac
-    "$bin" --listen "127.0.0.1:$port" --shards "$shards" --no-pin "${flags[@]}" --log-level warn &
+    if [ "$mode" = mosquitto ]; then
+      mkdir -p "$data/store"
+      printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nautosave_interval 1\nmax_queued_messages 100000\n' \
+        "$port" "$data/store" > "$data/mosquitto.conf"
+      mosquitto -c "$data/mosquitto.conf" >/dev/null 2>&1 &
+    else
+      "$bin" --listen "127.0.0.1:$port" --shards "$shards" --no-pin "${flags[@]}" --log-level warn &
+    fi
     pid=$!
     sleep 0.5
     echo "== round $r: $mode"
