@@ -53,6 +53,9 @@ pub struct Tls {
     pub ca_file: Option<std::path::PathBuf>,
     /// Refuse clients without a certificate signed by `ca_file`.
     pub require_certificate: bool,
+    /// The client certificate's common name (CN) is the user name (for the ACL and the
+    /// hooks); no password is checked. Needs `require_certificate`.
+    pub use_identity_as_username: bool,
 }
 
 impl Default for Config {
@@ -345,6 +348,12 @@ impl Config {
         if t.require_certificate && t.ca_file.is_none() {
             return Err(
                 "tls.require_certificate needs tls.ca_file (the CA client certificates chain to)"
+                    .into(),
+            );
+        }
+        if t.use_identity_as_username && !t.require_certificate {
+            return Err(
+                "tls.use_identity_as_username needs tls.require_certificate = true (and tls.ca_file)"
                     .into(),
             );
         }

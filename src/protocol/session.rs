@@ -310,6 +310,17 @@ pub struct DropCounts {
     pub too_large: u64,
 }
 
+/// Limits this session ran into, by limit (added to the shard's metrics when it ends).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitHits {
+    /// More unreleased incoming QoS 2 messages than `receive_maximum` [MQTT-3.3.4-9].
+    pub receive_maximum: u32,
+    /// SUBSCRIBEs refused by `max_subscriptions`.
+    pub subscriptions: u32,
+    /// Topics and filters refused by `max_topic_levels`.
+    pub topic_levels: u32,
+}
+
 /// A message as queued for, or in flight to, this client.
 #[derive(Clone, Debug)]
 pub struct Outgoing {
@@ -547,6 +558,8 @@ pub struct Session {
     authz: Option<Arc<Authz>>,
     /// What this session dropped so far.
     pub drops: DropCounts,
+    /// Limits this session ran into so far.
+    pub limit_hits: LimitHits,
 }
 
 impl Session {
@@ -581,6 +594,7 @@ impl Session {
             limits,
             authz: None,
             drops: DropCounts::default(),
+            limit_hits: LimitHits::default(),
         }
     }
 
@@ -1295,6 +1309,7 @@ impl Session {
         if p.topic.len() >= self.limits.max_topic_levels
             && levels(p.topic.as_bytes()) > self.limits.max_topic_levels
         {
+            self.limit_hits.topic_levels += 1;
             return Err(Error::with_reason(
                 "§4.7",
                 "topic name has more levels than the broker allows",
@@ -1386,6 +1401,7 @@ impl Session {
                     self.encode_id_only(0x50, id);
                 }
                 IncomingQos2::Exceeded => {
+                    self.limit_hits.receive_maximum += 1;
                     return Err(Error::with_reason(
                         "MQTT-3.3.4-9",
                         "more unreleased QoS 2 messages than Receive Maximum",
@@ -1478,6 +1494,7 @@ impl Session {
             );
         }
         if levels(filter.as_bytes()) > l.max_topic_levels + 2 * usize::from(shared) {
+            self.limit_hits.topic_levels += 1;
             return fail(
                 ReasonCode::TOPIC_FILTER_INVALID,
                 "the filter has more levels than the broker allows",
@@ -1495,6 +1512,7 @@ impl Session {
         }
         let is_new = !self.subscriptions.contains_key(&filter);
         if is_new && self.subscriptions.len() >= l.max_subscriptions {
+            self.limit_hits.subscriptions += 1;
             return fail(
                 ReasonCode::QUOTA_EXCEEDED,
                 "the client holds as many subscriptions as the broker allows",

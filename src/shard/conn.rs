@@ -34,7 +34,7 @@ use monoio::io::{
     Splitable,
 };
 
-use super::state::Shard;
+use super::state::{Limit, Shard};
 use super::throttle::Throttle;
 use super::verify::{Verdict, Verification};
 use super::wheel::Watched;
@@ -181,14 +181,20 @@ pub trait Transport: AsyncReadRent + AsyncWriteRent + Split + 'static {}
 
 impl<S: AsyncReadRent + AsyncWriteRent + Split + 'static> Transport for S {}
 
+/// Where an accepted connection came from, as CONNECT handling needs to know it.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The remote address.
+    pub peer: Option<SocketAddr>,
+    /// Accepted on a TLS listener.
+    pub tls: bool,
+    /// The common name of the client certificate the TLS handshake verified.
+    pub identity: Option<String>,
+}
+
 /// Serves one accepted connection until it closes. `fd` is its TCP socket (shut down to
-/// close it), `peer` the remote address.
-pub async fn serve<S: Transport>(
-    shard: Rc<RefCell<Shard>>,
-    stream: S,
-    fd: RawFd,
-    peer: Option<SocketAddr>,
-) {
+/// close it).
+pub async fn serve<S: Transport>(shard: Rc<RefCell<Shard>>, stream: S, fd: RawFd, origin: Origin) {
     let conn = {
         let mut s = shard.borrow_mut();
         let grace = s.shared.config.limits.connect_timeout_secs.max(1);
@@ -198,7 +204,7 @@ pub async fn serve<S: Transport>(
     };
     let (mut rd, wr) = stream.into_split();
     monoio::spawn(writer(shard.clone(), conn.clone(), wr));
-    let why = read_loop(&shard, &conn, &mut rd, peer).await;
+    let why = read_loop(&shard, &conn, &mut rd, origin).await;
     tracing::debug!(token = conn.token, why, "connection closed");
     if let Some(slot) = conn.slot.get() {
         let authz = {
@@ -274,9 +280,12 @@ async fn check_password(
 ) -> Result<(), (ReasonCode, &'static str)> {
     let shared = shard.borrow().shared.clone();
     let password = connect.password.as_deref();
-    let busy = (ReasonCode::SERVER_BUSY, "authentication queue full");
+    let busy = || {
+        shard.borrow_mut().stats.hit(Limit::AuthQueue);
+        (ReasonCode::SERVER_BUSY, "authentication queue full")
+    };
     if let Some(v) = shared.verifier.as_ref().filter(|v| v.hooks.is_some()) {
-        let ask = v.authenticate(client(), password).map_err(|_| busy)?;
+        let ask = v.authenticate(client(), password).map_err(|_| busy())?;
         match answer(conn, ask).await {
             Some(Verdict::Accepted) => return Ok(()),
             Some(Verdict::Denied(reason)) => return Err((reason, "refused by the hook")),
@@ -302,7 +311,7 @@ async fn check_password(
     };
     let check = verifier
         .verify(user.as_str(), password.unwrap_or_default())
-        .map_err(|_| busy)?;
+        .map_err(|_| busy())?;
     match answer(conn, check).await {
         Some(Verdict::Accepted) => Ok(()),
         Some(_) => Err((
@@ -352,8 +361,9 @@ async fn read_loop<S: Transport>(
     shard: &Rc<RefCell<Shard>>,
     conn: &Rc<ConnShared>,
     rd: &mut OwnedReadHalf<S>,
-    peer: Option<SocketAddr>,
+    origin: Origin,
 ) -> &'static str {
+    let peer = origin.peer;
     let (read_buffer, max_packet, max_client_id) = {
         let s = shard.borrow();
         let l = &s.shared.config.limits;
@@ -367,7 +377,7 @@ async fn read_loop<S: Transport>(
 
     // CONNECT: the first packet [MQTT-3.1.0-1], within the connect timeout (the wheel closes
     // the socket otherwise, ending the read).
-    let connect: Box<Connect> = loop {
+    let mut connect: Box<Connect> = loop {
         match decode(&mut buf, Version::V3_1_1, max_packet) {
             Ok(Some(Packet::Connect(c))) => break c,
             Ok(Some(_)) => return "first packet was not CONNECT [MQTT-3.1.0-1]",
@@ -394,6 +404,22 @@ async fn read_loop<S: Transport>(
         }
     };
     let version = connect.version;
+
+    // `tls.use_identity_as_username`: on a TLS listener the verified client certificate's
+    // common name is the user name, and no password is checked (as in mosquitto).
+    let by_certificate = origin.tls && shard.borrow().shared.config.tls.use_identity_as_username;
+    if by_certificate {
+        match origin.identity {
+            Some(cn) => connect.username = Some(Str::new_unchecked(cn.into())),
+            None => {
+                let mut out = BytesMut::new();
+                encode_refusal(version, ReasonCode::NOT_AUTHORIZED, &mut out);
+                conn.leftover.borrow_mut().extend_from_slice(&out);
+                conn.wake_writer();
+                return "client certificate without a common name";
+            }
+        }
+    }
 
     // Enhanced authentication (§4.12): CONNECT names a method; AUTH packets go back and forth
     // until the method accepts (CONNACK 0x00 with its final data) or refuses. The connect
@@ -462,7 +488,7 @@ async fn read_loop<S: Transport>(
         username: connect.username.as_ref().map(|u| u.as_str().to_string()),
         peer,
     };
-    if auth_done.is_none() {
+    if auth_done.is_none() && !by_certificate {
         let checked = check_password(shard, conn, &connect, || who(connect.client_id.as_str()));
         if let Err((reason, why)) = checked.await {
             let mut out = BytesMut::new();
@@ -507,6 +533,9 @@ async fn read_loop<S: Transport>(
     let accepted = match accepted {
         Ok(a) => a,
         Err(reason) => {
+            if connect.client_id.len() > max_client_id {
+                shard.borrow_mut().stats.hit(Limit::MaxClientIdLen);
+            }
             let mut out = BytesMut::new();
             encode_refusal(version, reason, &mut out);
             conn.leftover.borrow_mut().extend_from_slice(&out);
@@ -675,6 +704,9 @@ async fn read_loop<S: Transport>(
                 Err(err) => {
                     tracing::debug!(token = conn.token, error = %err, "malformed packet");
                     e.session.disconnect_because(err.reason, Some(err.what));
+                    if err.reason == ReasonCode::PACKET_TOO_LARGE {
+                        s.stats.hit(Limit::MaxPacketSize);
+                    }
                     conn.wake_writer();
                     return "malformed packet";
                 }
@@ -685,7 +717,7 @@ async fn read_loop<S: Transport>(
         if let Some(t) = throttle.as_mut() {
             let wait = t.take(std::mem::take(&mut published), std::time::Instant::now());
             if !wait.is_zero() {
-                shard.borrow_mut().stats.throttled += 1;
+                shard.borrow_mut().stats.hit(Limit::PublishRate);
                 Box::pin(monoio::time::sleep(wait)).await;
                 if conn.is_closing() {
                     return "closed";

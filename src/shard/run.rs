@@ -25,13 +25,13 @@ use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::conn::{self, ConnShared};
+use super::conn::{self, ConnShared, Origin};
 use super::durability::Effects;
 use super::listen::bind_shared;
 use super::spawn::{run_on_runtime, spawn_pinned};
 use super::state::directory_shard;
-use super::state::{Shard, ShardWaker, Shared};
-use super::tls::Acceptor;
+use super::state::{Limit, Shard, ShardWaker, Shared};
+use super::tls::Tls;
 use super::verify::Verifier;
 use crate::auth::Hooks;
 use crate::auth::acl::Acl;
@@ -63,7 +63,7 @@ pub struct Broker {
     /// The store and its thread, when persistence is on.
     pub store: Option<(Store, JoinHandle<()>)>,
     /// The TLS listeners' certificate, when there are any.
-    pub certificates: Option<Arc<super::tls::Certificates>>,
+    pub certificates: Option<Arc<Tls>>,
 }
 
 impl Broker {
@@ -110,7 +110,7 @@ impl Broker {
         }
         if let Some(c) = &self.certificates {
             match c.reload() {
-                Ok(()) => done.push("tls.cert_file and tls.key_file".into()),
+                Ok(()) => done.push("tls.cert_file, tls.key_file and tls.ca_file".into()),
                 Err(e) => tracing::error!("SIGHUP: {e}; keeping the certificate loaded before"),
             }
         }
@@ -311,14 +311,13 @@ pub fn start_with_hooks(
 
     let mut per_shard: Vec<Vec<Listener>> = (0..n).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
-    let (acceptor, certificates) = if config.tls.listen.is_empty() {
-        (None, None)
+    let certificates = if config.tls.listen.is_empty() {
+        None
     } else {
-        let (a, c) = super::tls::acceptor(&config.tls)?;
-        (Some(a), Some(c))
+        Some(Arc::new(Tls::new(&config.tls)?))
     };
     let plain = config.listen.iter().map(|a| (a, None));
-    let tls = config.tls.listen.iter().map(|a| (a, acceptor.clone()));
+    let tls = config.tls.listen.iter().map(|a| (a, certificates.clone()));
     for (addr, tls) in plain.chain(tls) {
         let ls = bind_shared(*addr, n, BACKLOG).map_err(|e| e.to_string())?;
         addrs.push((
@@ -451,12 +450,12 @@ async fn shard_main(
 }
 
 /// One shard's socket of a listener, and the TLS acceptor when it is a TLS listener.
-type Listener = (std::net::TcpListener, Option<Acceptor>);
+type Listener = (std::net::TcpListener, Option<Arc<Tls>>);
 
 async fn accept_loop(
     shard: Rc<RefCell<Shard>>,
     listener: monoio::net::TcpListener,
-    tls: Option<Acceptor>,
+    tls: Option<Arc<Tls>>,
 ) {
     let max = shard.borrow().shared.config.limits.max_connections;
     // A publish accepted here before another shard has its recovered sessions (and their
@@ -487,7 +486,13 @@ async fn accept_loop(
                         .shared
                         .connections
                         .fetch_sub(1, Ordering::Relaxed);
-                    tracing::warn!("max_connections ({max}) reached: refusing a connection");
+                    let refused = shard.borrow_mut().stats.hit(Limit::MaxConnections);
+                    if refused.is_power_of_two() {
+                        tracing::warn!(
+                            refused,
+                            "max_connections ({max}) reached: refusing a connection"
+                        );
+                    }
                     drop(stream);
                     continue;
                 }
@@ -496,10 +501,14 @@ async fn accept_loop(
                 let fd = stream.as_raw_fd();
                 match &tls {
                     None => {
-                        monoio::spawn(conn::serve(shard.clone(), stream, fd, Some(peer)));
+                        let origin = Origin {
+                            peer: Some(peer),
+                            ..Origin::default()
+                        };
+                        monoio::spawn(conn::serve(shard.clone(), stream, fd, origin));
                     }
-                    Some(acceptor) => {
-                        monoio::spawn(handshake(shard.clone(), acceptor.clone(), stream, fd, peer));
+                    Some(tls) => {
+                        monoio::spawn(handshake(shard.clone(), tls.clone(), stream, fd, peer));
                     }
                 }
             }
@@ -516,7 +525,7 @@ async fn accept_loop(
 /// connection. A failed handshake closes the socket (logged at debug: scanners are common).
 async fn handshake(
     shard: Rc<RefCell<Shard>>,
-    acceptor: Acceptor,
+    tls: Arc<Tls>,
     stream: monoio::net::TcpStream,
     fd: std::os::fd::RawFd,
     peer: SocketAddr,
@@ -530,8 +539,15 @@ async fn handshake(
             .connect_timeout_secs
             .max(1),
     ));
-    match monoio::time::timeout(limit, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => conn::serve(shard, tls, fd, Some(peer)).await,
+    match monoio::time::timeout(limit, tls.accept(stream)).await {
+        Ok(Ok((stream, identity))) => {
+            let origin = Origin {
+                peer: Some(peer),
+                tls: true,
+                identity,
+            };
+            conn::serve(shard, stream, fd, origin).await;
+        }
         outcome => {
             let why = match outcome {
                 Ok(Err(e)) => e.to_string(),

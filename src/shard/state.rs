@@ -94,6 +94,87 @@ pub struct Shared {
     pub acl: arc_swap::ArcSwapOption<crate::auth::acl::Acl>,
 }
 
+/// A configured limit whose hits are counted, one counter per limit per shard (merged on a
+/// scrape). Session-level ones ([`crate::protocol::session::LimitHits`]) are counted in the
+/// session and added to the shard's when it ends ([`Shard::limit_hits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// `limits.max_connections` (broker-wide): a new connection was closed at accept.
+    MaxConnections,
+    /// `limits.max_connections_per_shard`: a new connection was closed at accept.
+    MaxConnectionsPerShard,
+    /// `limits.max_connect_rate_per_ip`: a new connection was closed at accept.
+    ConnectRatePerIp,
+    /// `limits.max_packet_size`: a client sent a larger packet (disconnected, 0x95).
+    MaxPacketSize,
+    /// `limits.max_client_id_len`: a CONNECT was refused (0x85 / 2).
+    MaxClientIdLen,
+    /// `limits.max_publish_rate`: a client was held back.
+    PublishRate,
+    /// `limits.receive_maximum`: a client sent more unreleased QoS 2 messages (0x93).
+    ReceiveMaximum,
+    /// `limits.max_queued_messages` / `max_queued_bytes`: a message for a session was dropped.
+    QueueFull,
+    /// `limits.max_subscriptions`: a SUBSCRIBE was refused (0x97).
+    MaxSubscriptions,
+    /// `limits.max_topic_levels`: a topic or filter was refused.
+    MaxTopicLevels,
+    /// `limits.auth_queue`: a CONNECT was refused because the authentication thread was busy.
+    AuthQueue,
+    /// `limits.max_retained_messages` / `max_retained_bytes`: a retained message was not kept.
+    RetainedStore,
+    /// `limits.store_queue`: a store write was dropped.
+    StoreQueue,
+}
+
+impl Limit {
+    /// Every limit, in counter order.
+    pub const ALL: [Limit; 13] = [
+        Limit::MaxConnections,
+        Limit::MaxConnectionsPerShard,
+        Limit::ConnectRatePerIp,
+        Limit::MaxPacketSize,
+        Limit::MaxClientIdLen,
+        Limit::PublishRate,
+        Limit::ReceiveMaximum,
+        Limit::QueueFull,
+        Limit::MaxSubscriptions,
+        Limit::MaxTopicLevels,
+        Limit::AuthQueue,
+        Limit::RetainedStore,
+        Limit::StoreQueue,
+    ];
+
+    /// The config key the counter is named after (a metric label).
+    pub fn key(self) -> &'static str {
+        match self {
+            Limit::MaxConnections => "max_connections",
+            Limit::MaxConnectionsPerShard => "max_connections_per_shard",
+            Limit::ConnectRatePerIp => "max_connect_rate_per_ip",
+            Limit::MaxPacketSize => "max_packet_size",
+            Limit::MaxClientIdLen => "max_client_id_len",
+            Limit::PublishRate => "max_publish_rate",
+            Limit::ReceiveMaximum => "receive_maximum",
+            Limit::QueueFull => "max_queued",
+            Limit::MaxSubscriptions => "max_subscriptions",
+            Limit::MaxTopicLevels => "max_topic_levels",
+            Limit::AuthQueue => "auth_queue",
+            Limit::RetainedStore => "max_retained",
+            Limit::StoreQueue => "store_queue",
+        }
+    }
+}
+
+/// Adds what a session counted of the session-level limits to `limits` (indexed as
+/// [`Limit::ALL`]).
+fn add_session_hits(limits: &mut [u64; Limit::ALL.len()], s: &Session) {
+    let h = s.limit_hits;
+    limits[Limit::ReceiveMaximum as usize] += u64::from(h.receive_maximum);
+    limits[Limit::MaxSubscriptions as usize] += u64::from(h.subscriptions);
+    limits[Limit::MaxTopicLevels as usize] += u64::from(h.topic_levels);
+    limits[Limit::QueueFull as usize] += s.drops.queue_full;
+}
+
 /// Counters of one shard.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
@@ -105,18 +186,25 @@ pub struct Stats {
     pub ring_dropped: u64,
     /// Shared-subscription messages that found no member on any shard.
     pub shared_dropped: u64,
-    /// Store writes dropped because the store and this shard's backlog were full.
-    pub store_dropped: u64,
     /// Sessions ended by their Session Expiry Interval.
     pub sessions_expired: u64,
-    /// Retained messages not kept: past `limits.max_retained_messages` or
-    /// `max_retained_bytes` (delivered to subscribers all the same).
-    pub retained_refused: u64,
-    /// Times a client was held back by `limits.max_publish_rate`.
-    pub throttled: u64,
-    /// Connections closed at accept: `limits.max_connections_per_shard` or
-    /// `max_connect_rate_per_ip`.
-    pub refused_connections: u64,
+    /// Hits of each [`Limit`] counted by the shard itself, indexed as [`Limit::ALL`]
+    /// (sessions count theirs until they end).
+    pub limits: [u64; Limit::ALL.len()],
+}
+
+impl Stats {
+    /// Counts a hit of `limit`; returns the count so far (callers log at 1, 2, 4 …).
+    pub fn hit(&mut self, limit: Limit) -> u64 {
+        let c = &mut self.limits[limit as usize];
+        *c += 1;
+        *c
+    }
+
+    /// The shard's own count of `limit`.
+    pub fn hits(&self, limit: Limit) -> u64 {
+        self.limits[limit as usize]
+    }
 }
 
 /// A retained message weighs its payload and its properties' strings and binaries, roughly:
@@ -321,7 +409,10 @@ impl Shard {
         let l = &self.shared.config.limits;
         let (max, rate) = (l.max_connections_per_shard, l.max_connect_rate_per_ip);
         let why = if max > 0 && self.open_connections >= max {
-            Some("limits.max_connections_per_shard reached")
+            Some((
+                Limit::MaxConnectionsPerShard,
+                "limits.max_connections_per_shard reached",
+            ))
         } else if rate > 0 {
             if self.connect_rates.len() >= MAX_RATE_ENTRIES {
                 self.connect_rates.retain(|_, t| !t.is_full(now));
@@ -340,23 +431,36 @@ impl Shard {
                     admitted
                 }
             };
-            (!admitted).then_some("limits.max_connect_rate_per_ip reached")
+            (!admitted).then_some((
+                Limit::ConnectRatePerIp,
+                "limits.max_connect_rate_per_ip reached",
+            ))
         } else {
             None
         };
-        let Some(why) = why else {
+        let Some((limit, why)) = why else {
             return true;
         };
-        self.stats.refused_connections += 1;
-        if self.stats.refused_connections.is_power_of_two() {
+        let refused = self.stats.hit(limit);
+        if refused.is_power_of_two() {
             tracing::warn!(
                 shard = self.id,
-                refused = self.stats.refused_connections,
+                refused,
                 %peer,
                 "{why}: closing new connections"
             );
         }
         false
+    }
+
+    /// Every limit's hits on this shard so far: the shard's own counters, those of the
+    /// sessions that ended, and those of the live ones (read on a scrape, not per message).
+    pub fn limit_hits(&self) -> [u64; Limit::ALL.len()] {
+        let mut all = self.stats.limits;
+        for (_, e) in &self.sessions {
+            add_session_hits(&mut all, &e.session);
+        }
+        all
     }
 
     // ----- mesh -----
@@ -754,6 +858,7 @@ impl Shard {
     /// Takes the entry at `slot` out of the slab (and out of the persistent count).
     fn remove_entry(&mut self, slot: usize) -> Entry {
         let e = self.sessions.remove(slot);
+        add_session_hits(&mut self.stats.limits, &e.session);
         if e.counted {
             self.shared.persistent[self.id].fetch_sub(1, Ordering::Release);
         }
@@ -1019,12 +1124,12 @@ impl Shard {
 
     /// Counts (and logs at 1, 2, 4 … refusals) a retained message the bounds kept out.
     fn retained_refused(&mut self) {
-        self.stats.retained_refused += 1;
-        if self.stats.retained_refused.is_power_of_two() {
+        let refused = self.stats.hit(Limit::RetainedStore);
+        if refused.is_power_of_two() {
             let l = &self.shared.config.limits;
             tracing::warn!(
                 shard = self.id,
-                refused = self.stats.retained_refused,
+                refused,
                 "retained message not kept: limits.max_retained_messages ({}) or max_retained_bytes ({}) reached",
                 l.max_retained_messages,
                 l.max_retained_bytes
@@ -1187,12 +1292,12 @@ impl Shard {
             self.store_backlog.push_back(w);
             if self.store_backlog.len() > self.shared.config.limits.store_queue {
                 self.store_backlog.pop_front();
-                self.stats.store_dropped += 1;
+                let dropped = self.stats.hit(Limit::StoreQueue);
                 // Logged at 1, 2, 4, 8 … drops: a line per drop would flood the log.
-                if self.stats.store_dropped.is_power_of_two() {
+                if dropped.is_power_of_two() {
                     tracing::warn!(
                         shard = self.id,
-                        dropped = self.stats.store_dropped,
+                        dropped,
                         "store backlog full: writes dropped (the disk cannot keep up)"
                     );
                 }

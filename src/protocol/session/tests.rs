@@ -424,10 +424,10 @@ fn shared_messages_go_back_when_the_member_leaves() {
 #[test]
 fn a_session_stays_small() {
     // Every idle connection has one: the rarer 5.0 state (aliases, a delayed will, delivery
-    // extras) is boxed; the store's bookkeeping (sequence, completed deliveries) and the
-    // ACL pointer are inline.
+    // extras) is boxed; the store's bookkeeping (sequence, completed deliveries), the ACL
+    // pointer and the drop / limit counters are inline.
     let size = std::mem::size_of::<Session>();
-    assert!(size <= 480, "Session is {size} bytes");
+    assert!(size <= 496, "Session is {size} bytes");
     assert!(std::mem::size_of::<Outgoing>() <= 32);
 }
 
@@ -582,5 +582,55 @@ fn a_replay_too_large_for_the_new_connection_frees_the_window() {
         Delivered::Sent,
         "window stuck: inflight={}",
         s.inflight()
+    );
+}
+
+#[test]
+fn limits_the_session_runs_into_are_counted() {
+    let mut s = session(SessionLimits {
+        max_subscriptions: 1,
+        max_topic_levels: 3,
+        receive_maximum: 1,
+        ..Default::default()
+    });
+    s.attach(&connect(Version::V5, true));
+    let mut actions = Vec::new();
+    let sub = crate::protocol::Subscribe {
+        packet_id: 1,
+        filters: vec![
+            ("a".into(), SubscriptionOptions::qos(QoS::AtLeastOnce)),
+            ("b".into(), SubscriptionOptions::qos(QoS::AtLeastOnce)),
+            ("a/b/c/d".into(), SubscriptionOptions::qos(QoS::AtLeastOnce)),
+        ],
+        properties: Default::default(),
+    };
+    s.handle(Packet::Subscribe(sub), 0, &mut actions).unwrap();
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::SubAck { reasons, .. }
+            if reasons[..] == [ReasonCode(1), ReasonCode::QUOTA_EXCEEDED, ReasonCode::TOPIC_FILTER_INVALID]
+    )));
+    let publish = |id: u16, topic: &'static str| Publish {
+        qos: QoS::ExactlyOnce,
+        packet_id: id,
+        topic: topic.into(),
+        ..Default::default()
+    };
+    let deep = s.handle(Packet::Publish(publish(1, "a/b/c/d/e")), 0, &mut actions);
+    assert_eq!(deep.unwrap_err().reason, ReasonCode::TOPIC_NAME_INVALID);
+    s.handle(Packet::Publish(publish(2, "t")), 0, &mut actions)
+        .unwrap();
+    let over = s.handle(Packet::Publish(publish(3, "t")), 0, &mut actions);
+    assert_eq!(
+        over.unwrap_err().reason,
+        ReasonCode::RECEIVE_MAXIMUM_EXCEEDED
+    );
+    assert_eq!(
+        s.limit_hits,
+        LimitHits {
+            receive_maximum: 1,
+            subscriptions: 1,
+            topic_levels: 2,
+        }
     );
 }
