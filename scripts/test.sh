@@ -17,12 +17,15 @@ done
 step() { printf '\n== %s\n' "$*"; }
 
 step "test dependencies"
+# One package-list refresh at most, for whichever installs below need apt.
+apt_updated=0
+apt_update() { if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi; }
 # The integration tests drive the broker with mosquitto's command-line clients too, and
 # check that password files made by mosquitto_passwd (package mosquitto) work.
 if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1 \
   || ! command -v mosquitto_passwd >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq
+    apt_update
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients mosquitto >/dev/null
   else
     echo "scripts/test.sh: mosquitto_pub/mosquitto_sub/mosquitto_passwd missing; install mosquitto-clients and mosquitto" >&2
@@ -34,7 +37,7 @@ echo "mosquitto clients: $(command -v mosquitto_pub), $(command -v mosquitto_pas
 # (tests/paho_v5.rs runs the scripts in tests/paho/).
 if ! python3 -c 'import paho.mqtt, sys; sys.exit(paho.mqtt.__version__ < "2")' >/dev/null 2>&1; then
   if ! command -v python3 >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq
+    apt_update
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip >/dev/null
   fi
   if ! command -v python3 >/dev/null 2>&1; then
@@ -49,6 +52,26 @@ if ! python3 -c 'import paho.mqtt, sys; sys.exit(paho.mqtt.__version__ < "2")' >
   fi
 fi
 echo "paho-mqtt: $(python3 -c 'import paho.mqtt; print(paho.mqtt.__version__)')"
+# ... and, for MQTT over WebSocket (tests/websocket/, tests/paho/websocket.py), MQTT.js under
+# Node and in headless Chromium: Debian's chromium driven by playwright-core (no browser download).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt_update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "scripts/test.sh: /usr/bin/chromium missing; install Debian's chromium (the browser WebSocket test needs it)" >&2
+    exit 1
+  fi
+fi
+if [ ! -d tests/websocket/node_modules ] \
+  || [ tests/websocket/package-lock.json -nt tests/websocket/node_modules/.package-lock.json ]; then
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "scripts/test.sh: node/npm missing; install Node.js 20+ and npm (tests/websocket needs them)" >&2
+    exit 1
+  fi
+  (cd tests/websocket && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+echo "websocket clients: MQTT.js $(node -p 'require("./tests/websocket/node_modules/mqtt/package.json").version'), $(/usr/bin/chromium --version 2>/dev/null)"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -22,6 +22,11 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<SocketAddr>,
 
+    /// Address to accept MQTT over WebSocket on (path websocket.path, /mqtt by default);
+    /// repeat for several. Replaces the file's `websocket.listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub ws_listen: Vec<SocketAddr>,
+
     /// Number of shards (threads), one per core by default.
     #[arg(long, value_name = "N", conflicts_with = "cores")]
     pub shards: Option<usize>,
@@ -116,6 +121,9 @@ impl Cli {
         };
         if !self.listen.is_empty() {
             config.listen = self.listen.clone();
+        }
+        if !self.ws_listen.is_empty() {
+            config.websocket.listen = self.ws_listen.clone();
         }
         if let Some(n) = self.shards {
             if n == 0 {

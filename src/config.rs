@@ -37,6 +37,46 @@ pub struct Config {
     pub limits: Limits,
     /// MQTT over TLS listeners.
     pub tls: Tls,
+    /// MQTT over WebSocket listeners.
+    pub websocket: WebSocket,
+}
+
+/// MQTT over WebSocket (RFC 6455, subprotocol `mqtt`), plain and over TLS.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocket {
+    /// WebSocket listeners, e.g. `["0.0.0.0:8083"]` (none by default).
+    pub listen: Vec<SocketAddr>,
+    /// Secure WebSocket listeners with the `[tls]` certificate, e.g. `["0.0.0.0:8084"]`
+    /// (none by default).
+    pub tls_listen: Vec<SocketAddr>,
+    /// The HTTP path clients connect to; other paths get 404.
+    pub path: String,
+    /// Largest WebSocket frame accepted from a client, bytes (0: twice
+    /// `limits.max_packet_size`); a larger one is answered with close code 1009.
+    pub max_frame_size: u64,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            tls_listen: Vec::new(),
+            path: "/mqtt".into(),
+            max_frame_size: 0,
+        }
+    }
+}
+
+impl WebSocket {
+    /// The frame size limit in force.
+    pub fn frame_limit(&self, max_packet_size: u32) -> u64 {
+        if self.max_frame_size == 0 {
+            2 * u64::from(max_packet_size)
+        } else {
+            self.max_frame_size
+        }
+    }
 }
 
 /// MQTT over TLS (rustls; TLS 1.2 and 1.3).
@@ -73,6 +113,7 @@ impl Default for Config {
             persistence: Persistence::default(),
             limits: Limits::default(),
             tls: Tls::default(),
+            websocket: WebSocket::default(),
         }
     }
 }
@@ -344,6 +385,16 @@ impl Config {
         let t = &self.tls;
         if !t.listen.is_empty() && (t.cert_file.is_none() || t.key_file.is_none()) {
             return Err("tls.listen needs tls.cert_file and tls.key_file".into());
+        }
+        let w = &self.websocket;
+        if !w.tls_listen.is_empty() && (t.cert_file.is_none() || t.key_file.is_none()) {
+            return Err("websocket.tls_listen needs tls.cert_file and tls.key_file".into());
+        }
+        if !w.path.starts_with('/') || w.path.contains(['?', '#', ' ']) {
+            return Err(format!(
+                "websocket.path: {:?} is not an HTTP path; use e.g. \"/mqtt\"",
+                w.path
+            ));
         }
         if t.require_certificate && t.ca_file.is_none() {
             return Err(

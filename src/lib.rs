@@ -29,6 +29,7 @@ pub mod mesh;
 pub mod protocol;
 pub mod shard;
 pub mod store;
+pub mod websocket;
 
 /// The README's examples are compiled and run as doctests.
 #[doc = include_str!("../README.md")]

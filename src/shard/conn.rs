@@ -37,6 +37,7 @@ use monoio::io::{
 use super::state::{Limit, Shard};
 use super::throttle::Throttle;
 use super::verify::{Verdict, Verification};
+use super::websocket::{WsReader, WsWriter};
 use super::wheel::Watched;
 use crate::auth::hooks::{Authz, ClientInfo};
 use crate::auth::{Client, Conversation, Reply};
@@ -62,6 +63,10 @@ pub struct ConnShared {
     reader: Cell<Option<Waker>>,
     granted: RefCell<Option<Option<Box<Session>>>>,
     leftover: RefCell<BytesMut>,
+    /// WebSocket control frames (Pong, Close) to send before anything else, framed.
+    control: RefCell<BytesMut>,
+    /// A WebSocket Close was queued: nothing may follow it (RFC 6455 §5.5.1).
+    close_sent: Cell<bool>,
     /// Generation of the connection's keep alive wheel entry (see [`Filed`]).
     filed: Cell<u8>,
 }
@@ -89,6 +94,8 @@ impl ConnShared {
             reader: Cell::new(None),
             granted: RefCell::new(None),
             leftover: RefCell::new(BytesMut::new()),
+            control: RefCell::new(BytesMut::new()),
+            close_sent: Cell::new(false),
             filed: Cell::new(0),
         }
     }
@@ -98,6 +105,17 @@ impl ConnShared {
         if let Some(w) = self.writer.take() {
             w.wake();
         }
+    }
+
+    /// Queues a WebSocket control frame `encode` writes (a Close when `close`: the last
+    /// one) and wakes the writer.
+    pub fn send_control(&self, close: bool, encode: impl FnOnce(&mut BytesMut)) {
+        if self.close_sent.get() {
+            return;
+        }
+        encode(&mut self.control.borrow_mut());
+        self.close_sent.set(close);
+        self.wake_writer();
     }
 
     /// Whether the connection is being closed.
@@ -192,9 +210,37 @@ pub struct Origin {
     pub identity: Option<String>,
 }
 
+/// The reading side of a connection: the socket's read half, through the WebSocket decoder
+/// on a WebSocket listener.
+struct Source<S: Transport> {
+    rd: OwnedReadHalf<S>,
+    ws: Option<WsReader>,
+}
+
+impl<S: Transport> Source<S> {
+    /// Appends what the client sent next to `buf` (MQTT bytes); `Ok(0)` on EOF.
+    async fn fill(
+        &mut self,
+        buf: &mut BytesMut,
+        want: usize,
+        conn: &ConnShared,
+    ) -> std::io::Result<usize> {
+        match &mut self.ws {
+            None => fill(&mut self.rd, buf, want).await,
+            Some(ws) => ws.fill(&mut self.rd, buf, want, conn).await,
+        }
+    }
+}
+
 /// Serves one accepted connection until it closes. `fd` is its TCP socket (shut down to
-/// close it).
-pub async fn serve<S: Transport>(shard: Rc<RefCell<Shard>>, stream: S, fd: RawFd, origin: Origin) {
+/// close it). `ws`: the connection speaks WebSocket (its upgrade is done).
+pub async fn serve<S: Transport>(
+    shard: Rc<RefCell<Shard>>,
+    stream: S,
+    fd: RawFd,
+    origin: Origin,
+    ws: Option<WsReader>,
+) {
     let conn = {
         let mut s = shard.borrow_mut();
         let grace = s.shared.config.limits.connect_timeout_secs.max(1);
@@ -202,8 +248,10 @@ pub async fn serve<S: Transport>(shard: Rc<RefCell<Shard>>, stream: S, fd: RawFd
         s.wheel.insert(Filed::new(&conn));
         conn
     };
-    let (mut rd, wr) = stream.into_split();
-    monoio::spawn(writer(shard.clone(), conn.clone(), wr));
+    let (rd, wr) = stream.into_split();
+    let framing = ws.is_some().then(WsWriter::default);
+    monoio::spawn(writer(shard.clone(), conn.clone(), wr, framing));
+    let mut rd = Source { rd, ws };
     let why = read_loop(&shard, &conn, &mut rd, origin).await;
     tracing::debug!(token = conn.token, why, "connection closed");
     if let Some(slot) = conn.slot.get() {
@@ -242,7 +290,7 @@ fn send_early(conn: &ConnShared, version: Version, p: &Packet) {
 /// The next whole packet of a connection that has no session yet, read in small reads (its
 /// strings may be kept).
 async fn next_packet<S: Transport>(
-    rd: &mut OwnedReadHalf<S>,
+    rd: &mut Source<S>,
     buf: &mut BytesMut,
     conn: &ConnShared,
     version: Version,
@@ -257,7 +305,7 @@ async fn next_packet<S: Transport>(
                 return Err("malformed packet");
             }
         }
-        match fill(rd, buf, IDLE_BUFFER).await {
+        match rd.fill(buf, IDLE_BUFFER, conn).await {
             Ok(0) | Err(_) => return Err("closed during authentication"),
             Ok(_) => {}
         }
@@ -360,7 +408,7 @@ pub async fn fill(
 async fn read_loop<S: Transport>(
     shard: &Rc<RefCell<Shard>>,
     conn: &Rc<ConnShared>,
-    rd: &mut OwnedReadHalf<S>,
+    rd: &mut Source<S>,
     origin: Origin,
 ) -> &'static str {
     let peer = origin.peer;
@@ -395,7 +443,7 @@ async fn read_loop<S: Transport>(
         }
         // Small reads: the CONNECT's strings (client id, will) point into this buffer and
         // keep it alive as long as the session, so it must not be a full read buffer.
-        match fill(rd, &mut buf, IDLE_BUFFER).await {
+        match rd.fill(&mut buf, IDLE_BUFFER, conn).await {
             Ok(0) | Err(_) => return "closed before CONNECT",
             Ok(_) => {}
         }
@@ -741,7 +789,7 @@ async fn read_loop<S: Transport>(
         } else {
             read_buffer
         };
-        match fill(rd, &mut buf, want).await {
+        match rd.fill(&mut buf, want, conn).await {
             Ok(0) => return "closed by peer",
             Err(_) => return "read error",
             Ok(n) => last_read = n,
@@ -753,19 +801,47 @@ async fn read_loop<S: Transport>(
     }
 }
 
+/// What the writer takes out to send next.
+enum Outgoing {
+    /// Framed WebSocket control frames: sent as they are.
+    Control,
+    /// MQTT bytes the connection queued before (or after) it had a session.
+    Leftover,
+    /// MQTT bytes from the session's transmit buffer.
+    Session,
+    /// Nothing more: the connection is closing.
+    Done,
+}
+
 async fn writer<S: Transport>(
     shard: Rc<RefCell<Shard>>,
     conn: Rc<ConnShared>,
     mut wr: OwnedWriteHalf<S>,
+    mut ws: Option<WsWriter>,
 ) {
     let mut spare = BytesMut::new();
+    if let Some(ws) = ws.as_mut() {
+        spare = ws.prepare(spare);
+    }
     loop {
-        let more = poll_fn(|cx| {
+        let mut batch = BytesMut::new();
+        let what = poll_fn(|cx| {
+            {
+                let mut control = conn.control.borrow_mut();
+                if !control.is_empty() {
+                    batch = control.split();
+                    return Poll::Ready(Outgoing::Control);
+                }
+            }
+            if conn.close_sent.get() {
+                // Nothing may follow a WebSocket Close.
+                return Poll::Ready(Outgoing::Done);
+            }
             {
                 let mut left = conn.leftover.borrow_mut();
                 if !left.is_empty() {
-                    std::mem::swap(&mut *left, &mut spare);
-                    return Poll::Ready(true);
+                    batch = left.split();
+                    return Poll::Ready(Outgoing::Leftover);
                 }
             }
             if let Some(slot) = conn.slot.get() {
@@ -773,30 +849,49 @@ async fn writer<S: Transport>(
                 if let Some(e) = s.sessions.get_mut(slot).filter(|e| e.token == conn.token) {
                     if e.session.tx_len() > 0 {
                         e.session.swap_tx(&mut spare);
-                        return Poll::Ready(true);
+                        if let Some(ws) = ws.as_mut() {
+                            ws.lend();
+                        }
+                        batch = std::mem::take(&mut spare);
+                        return Poll::Ready(Outgoing::Session);
                     }
                 }
             }
             if conn.is_closing() {
-                return Poll::Ready(false);
+                return Poll::Ready(Outgoing::Done);
             }
             conn.writer.set(Some(cx.waker().clone()));
             Poll::Pending
         })
         .await;
-        if !more {
-            break;
-        }
-        let (res, written) = wr.write_all(spare).await;
-        spare = written;
-        spare.clear();
-        if spare.capacity() > KEEP_WRITE_BUFFER {
-            spare = BytesMut::new();
+        let frame = match (&what, ws.as_mut()) {
+            (Outgoing::Done, _) => break,
+            (Outgoing::Control, _) | (_, None) => batch,
+            (Outgoing::Leftover, Some(ws)) => ws.frame(batch, false),
+            (Outgoing::Session, Some(ws)) => ws.frame(batch, true),
+        };
+        let (res, mut written) = wr.write_all(frame).await;
+        if matches!(what, Outgoing::Session) {
+            // The sent buffer becomes the next spare (a large one is released).
+            written.clear();
+            if written.capacity() > KEEP_WRITE_BUFFER {
+                written = BytesMut::new();
+            }
+            spare = match ws.as_mut() {
+                Some(ws) => ws.prepare(written),
+                None => written,
+            };
         }
         if res.is_err() {
             conn.close();
             break;
         }
+    }
+    if ws.is_some() && !conn.close_sent.replace(true) {
+        // The broker ends the connection: a Close (1000) first (RFC 6455 §7.1.2).
+        let mut close = BytesMut::new();
+        crate::websocket::encode_close(crate::websocket::CloseCode::NORMAL, "", &mut close);
+        let _ = wr.write_all(close).await;
     }
     let _ = wr.shutdown().await;
 }

@@ -12,6 +12,8 @@
 //! - [`state`]: one shard's sessions, index, retained replica, directory partition and mesh
 //!   endpoints, and the routing and takeover logic over them;
 //! - [`conn`]: a connection's reader and writer tasks;
+//! - [`tls`] and [`websocket`]: the TLS handshake and the WebSocket upgrade and framing
+//!   under a connection;
 //! - [`wheel`]: the per-shard keep alive wheel.
 
 pub mod conn;
@@ -23,4 +25,5 @@ pub mod state;
 pub mod throttle;
 pub mod tls;
 pub mod verify;
+pub mod websocket;
 pub mod wheel;

@@ -33,6 +33,7 @@ use super::state::directory_shard;
 use super::state::{Limit, Shard, ShardWaker, Shared};
 use super::tls::Tls;
 use super::verify::Verifier;
+use super::websocket::{self, WsReader};
 use crate::auth::Hooks;
 use crate::auth::acl::Acl;
 use crate::auth::password::PasswordFile;
@@ -311,21 +312,28 @@ pub fn start_with_hooks(
 
     let mut per_shard: Vec<Vec<Listener>> = (0..n).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
-    let certificates = if config.tls.listen.is_empty() {
+    let certificates = if config.tls.listen.is_empty() && config.websocket.tls_listen.is_empty() {
         None
     } else {
         Some(Arc::new(Tls::new(&config.tls)?))
     };
-    let plain = config.listen.iter().map(|a| (a, None));
-    let tls = config.tls.listen.iter().map(|a| (a, certificates.clone()));
-    for (addr, tls) in plain.chain(tls) {
-        let ls = bind_shared(*addr, n, BACKLOG).map_err(|e| e.to_string())?;
-        addrs.push((
-            ls[0].local_addr().map_err(|e| e.to_string())?,
-            tls.is_some(),
-        ));
-        for (i, l) in ls.into_iter().enumerate() {
-            per_shard[i].push((l, tls.clone()));
+    let kinds = [
+        (&config.listen, false, false),
+        (&config.tls.listen, true, false),
+        (&config.websocket.listen, false, true),
+        (&config.websocket.tls_listen, true, true),
+    ];
+    for (list, tls, websocket) in kinds {
+        let kind = Kind {
+            tls: if tls { certificates.clone() } else { None },
+            websocket,
+        };
+        for addr in list {
+            let ls = bind_shared(*addr, n, BACKLOG).map_err(|e| e.to_string())?;
+            addrs.push((ls[0].local_addr().map_err(|e| e.to_string())?, kind.name()));
+            for (i, l) in ls.into_iter().enumerate() {
+                per_shard[i].push((l, kind.clone()));
+            }
         }
     }
 
@@ -408,8 +416,7 @@ pub fn start_with_hooks(
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    for (a, tls) in &addrs {
-        let over = if *tls { "tls" } else { "tcp" };
+    for (a, over) in &addrs {
         tracing::info!("listening on {a} (mqtt over {over}, {n} shards)");
     }
     let addrs = addrs.into_iter().map(|(a, _)| a).collect();
@@ -449,14 +456,30 @@ async fn shard_main(
     pump(shard, shared, id).await;
 }
 
-/// One shard's socket of a listener, and the TLS acceptor when it is a TLS listener.
-type Listener = (std::net::TcpListener, Option<Arc<Tls>>);
-
-async fn accept_loop(
-    shard: Rc<RefCell<Shard>>,
-    listener: monoio::net::TcpListener,
+/// What a listener speaks under MQTT.
+#[derive(Clone, Debug)]
+struct Kind {
+    /// TLS first, with this configuration.
     tls: Option<Arc<Tls>>,
-) {
+    /// Then (or directly) a WebSocket upgrade.
+    websocket: bool,
+}
+
+impl Kind {
+    fn name(&self) -> &'static str {
+        match (self.tls.is_some(), self.websocket) {
+            (false, false) => "tcp",
+            (true, false) => "tls",
+            (false, true) => "websocket",
+            (true, true) => "secure websocket",
+        }
+    }
+}
+
+/// One shard's socket of a listener, and what it speaks.
+type Listener = (std::net::TcpListener, Kind);
+
+async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListener, kind: Kind) {
     let max = shard.borrow().shared.config.limits.max_connections;
     // A publish accepted here before another shard has its recovered sessions (and their
     // routes) would miss them.
@@ -499,17 +522,14 @@ async fn accept_loop(
                 shard.borrow_mut().open_connections += 1;
                 let _ = stream.set_nodelay(true);
                 let fd = stream.as_raw_fd();
-                match &tls {
-                    None => {
-                        let origin = Origin {
-                            peer: Some(peer),
-                            ..Origin::default()
-                        };
-                        monoio::spawn(conn::serve(shard.clone(), stream, fd, origin));
-                    }
-                    Some(tls) => {
-                        monoio::spawn(handshake(shard.clone(), tls.clone(), stream, fd, peer));
-                    }
+                let origin = Origin {
+                    peer: Some(peer),
+                    ..Origin::default()
+                };
+                if kind.tls.is_none() && !kind.websocket {
+                    monoio::spawn(conn::serve(shard.clone(), stream, fd, origin, None));
+                } else {
+                    monoio::spawn(layered(shard.clone(), kind.clone(), stream, fd, origin));
                 }
             }
             Err(e) => {
@@ -521,44 +541,71 @@ async fn accept_loop(
     }
 }
 
-/// The TLS handshake of an accepted socket (within `limits.connect_timeout_secs`), then the
-/// connection. A failed handshake closes the socket (logged at debug: scanners are common).
-async fn handshake(
+/// The TLS handshake and / or the WebSocket upgrade of an accepted socket, together within
+/// `limits.connect_timeout_secs`, then the connection. A failed one closes the socket (logged
+/// at debug: scanners are common).
+async fn layered(
     shard: Rc<RefCell<Shard>>,
-    tls: Arc<Tls>,
+    kind: Kind,
     stream: monoio::net::TcpStream,
     fd: std::os::fd::RawFd,
-    peer: SocketAddr,
+    mut origin: Origin,
 ) {
-    let limit = Duration::from_secs(u64::from(
-        shard
-            .borrow()
-            .shared
-            .config
-            .limits
-            .connect_timeout_secs
-            .max(1),
-    ));
-    match monoio::time::timeout(limit, tls.accept(stream)).await {
-        Ok(Ok((stream, identity))) => {
-            let origin = Origin {
-                peer: Some(peer),
-                tls: true,
-                identity,
-            };
-            conn::serve(shard, stream, fd, origin).await;
+    let (limit, path, max_frame) = {
+        let s = shard.borrow();
+        let c = &s.shared.config;
+        (
+            Duration::from_secs(u64::from(c.limits.connect_timeout_secs.max(1))),
+            c.websocket.path.clone(),
+            c.websocket.frame_limit(c.limits.max_packet_size),
+        )
+    };
+    let upgrade = async {
+        match &kind.tls {
+            Some(tls) => {
+                let (mut stream, identity) = tls.accept(stream).await.map_err(|e| e.to_string())?;
+                origin.tls = true;
+                origin.identity = identity;
+                if !kind.websocket {
+                    return Ok(Layers::Tls(stream));
+                }
+                let first = websocket::upgrade(&mut stream, &path).await?;
+                Ok(Layers::SecureWebSocket(stream, first))
+            }
+            None => {
+                let mut stream = stream;
+                let first = websocket::upgrade(&mut stream, &path).await?;
+                Ok(Layers::WebSocket(stream, first))
+            }
+        }
+    };
+    let ws = |first| Some(WsReader::new(max_frame, first));
+    match monoio::time::timeout(limit, upgrade).await {
+        Ok(Ok(Layers::Tls(s))) => conn::serve(shard, s, fd, origin, None).await,
+        Ok(Ok(Layers::SecureWebSocket(s, first))) => {
+            conn::serve(shard, s, fd, origin, ws(first)).await;
+        }
+        Ok(Ok(Layers::WebSocket(s, first))) => {
+            conn::serve(shard, s, fd, origin, ws(first)).await;
         }
         outcome => {
-            let why = match outcome {
-                Ok(Err(e)) => e.to_string(),
+            let why: String = match outcome {
+                Ok(Err(e)) => e,
                 _ => "timed out".into(),
             };
-            tracing::debug!(%peer, "TLS handshake failed: {why}");
+            tracing::debug!(peer = ?origin.peer, "{} handshake failed: {why}", kind.name());
             let mut s = shard.borrow_mut();
             s.open_connections -= 1;
             s.shared.connections.fetch_sub(1, Ordering::Relaxed);
         }
     }
+}
+
+/// An accepted socket after its handshakes.
+enum Layers {
+    Tls(super::tls::TlsStream),
+    WebSocket(monoio::net::TcpStream, bytes::BytesMut),
+    SecureWebSocket(super::tls::TlsStream, bytes::BytesMut),
 }
 
 async fn ticker(shard: Rc<RefCell<Shard>>) {
