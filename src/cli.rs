@@ -27,6 +27,15 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub ws_listen: Vec<SocketAddr>,
 
+    /// Address to serve Prometheus /metrics and /health on (HTTP); repeat for several.
+    /// Replaces the file's `metrics.listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Vec<SocketAddr>,
+
+    /// Log line format (log_format).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<crate::config::LogFormat>,
+
     /// Number of shards (threads), one per core by default.
     #[arg(long, value_name = "N", conflicts_with = "cores")]
     pub shards: Option<usize>,
@@ -121,6 +130,12 @@ impl Cli {
         };
         if !self.listen.is_empty() {
             config.listen = self.listen.clone();
+        }
+        if !self.metrics_listen.is_empty() {
+            config.metrics.listen = self.metrics_listen.clone();
+        }
+        if let Some(f) = self.log_format {
+            config.log_format = f;
         }
         if !self.ws_listen.is_empty() {
             config.websocket.listen = self.ws_listen.clone();

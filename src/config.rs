@@ -7,10 +7,10 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole configuration.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// TCP listeners, e.g. `["0.0.0.0:1883"]`.
@@ -18,6 +18,7 @@ pub struct Config {
     /// Number of shards (threads); 0 = one per available core.
     pub shards: usize,
     /// Cores to run shards on, e.g. `"0-3,8"`; overrides `shards` when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cores: Option<String>,
     /// Pin each shard thread to its core.
     pub pin: bool,
@@ -25,6 +26,8 @@ pub struct Config {
     pub io_driver: IoDriver,
     /// Log filter, e.g. `info` or `shardmq=debug`.
     pub log_level: String,
+    /// Log line format: `text` (human-readable) or `json` (one object per line).
+    pub log_format: LogFormat,
     /// Queue QoS 0 messages for offline persistent sessions too (QoS 1 and 2 always are).
     pub queue_qos0_offline: bool,
     /// MQTT 5.0 features the broker offers (announced in CONNACK and enforced).
@@ -39,10 +42,43 @@ pub struct Config {
     pub tls: Tls,
     /// MQTT over WebSocket listeners.
     pub websocket: WebSocket,
+    /// Prometheus metrics, health and `$SYS` topics.
+    pub metrics: Metrics,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, message, fields).
+    Json,
+}
+
+/// Observability: the Prometheus endpoint and the `$SYS` topics.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// HTTP listeners serving `/metrics` (Prometheus text format) and `/health`, e.g.
+    /// `["127.0.0.1:9183"]` (none by default).
+    pub listen: Vec<SocketAddr>,
+    /// Seconds between `$SYS/broker/...` updates (mosquitto's topics; 0 = none).
+    pub sys_interval: u32,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            sys_interval: 10,
+        }
+    }
 }
 
 /// MQTT over WebSocket (RFC 6455, subprotocol `mqtt`), plain and over TLS.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocket {
     /// WebSocket listeners, e.g. `["0.0.0.0:8083"]` (none by default).
@@ -80,16 +116,19 @@ impl WebSocket {
 }
 
 /// MQTT over TLS (rustls; TLS 1.2 and 1.3).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
     /// TLS listeners, e.g. `["0.0.0.0:8883"]` (none by default).
     pub listen: Vec<SocketAddr>,
     /// The server's certificate chain (PEM, leaf first).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_file: Option<std::path::PathBuf>,
     /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<std::path::PathBuf>,
     /// CA certificates (PEM) that client certificates must chain to.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<std::path::PathBuf>,
     /// Refuse clients without a certificate signed by `ca_file`.
     pub require_certificate: bool,
@@ -107,6 +146,7 @@ impl Default for Config {
             pin: true,
             io_driver: IoDriver::Auto,
             log_level: "info".into(),
+            log_format: LogFormat::Text,
             queue_qos0_offline: false,
             mqtt: Mqtt::default(),
             auth: Auth::default(),
@@ -114,12 +154,13 @@ impl Default for Config {
             limits: Limits::default(),
             tls: Tls::default(),
             websocket: WebSocket::default(),
+            metrics: Metrics::default(),
         }
     }
 }
 
 /// Persistence settings: the embedded store (see `crate::store`).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Persistence {
     /// Keep retained messages in the embedded store (false: a pure in-memory broker).
@@ -148,7 +189,7 @@ impl Default for Persistence {
 }
 
 /// How durable a write must be before the broker moves on.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Written to the OS at once, fsynced on an interval.
@@ -158,22 +199,26 @@ pub enum Durability {
 }
 
 /// Authentication settings.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
     /// A file of SCRAM-SHA-256 credentials (one `user:SCRAM-SHA-256$…` line each, as
     /// `shardmq scram-credential` prints them). When set, MQTT 5.0 clients may authenticate
     /// with Authentication Method `SCRAM-SHA-256` (enhanced authentication, §4.12).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub scram_credentials: Option<std::path::PathBuf>,
     /// A password file in mosquitto's format (`user:$7$…` lines, as `shardmq passwd` or
     /// `mosquitto_passwd` write them). When set, a CONNECT with a user name must carry its
     /// password (else 3.1.1 return code 4 / 5.0 0x86).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub password_file: Option<std::path::PathBuf>,
     /// Whether a CONNECT without a user name is accepted (else 3.1.1 return code 5 / 5.0
     /// 0x87). Unset: true without a password file, false with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_anonymous: Option<bool>,
     /// An ACL file in mosquitto's format (`user`, `topic [read|write|readwrite|deny] T`,
     /// `pattern … %c %u`). When set, a client may publish and subscribe only where it allows.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub acl_file: Option<std::path::PathBuf>,
 }
 
@@ -185,7 +230,7 @@ impl Auth {
 }
 
 /// MQTT 5.0 features: what CONNACK announces, and what the broker then enforces.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Mqtt {
     /// Highest QoS accepted from publishers and granted to subscribers (0, 1 or 2; CONNACK
@@ -223,7 +268,7 @@ impl Default for Mqtt {
 }
 
 /// Which io driver a shard's runtime uses.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum IoDriver {
     /// io_uring, or epoll when the kernel refuses io_uring (logged).
@@ -235,7 +280,7 @@ pub enum IoDriver {
 }
 
 /// Every queue, buffer and table bound, in one place (DESIGN.md invariant 2).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Connections the broker accepts in total; further ones are closed at accept.
@@ -373,6 +418,12 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
         Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The settings as TOML, every key including defaults (unset options are left out); parses
+    /// back to the same `Config` with [`Config::from_toml`].
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError(format!("cannot print the settings: {e}")))
     }
 
     /// Checks values that parse but make no sense.
@@ -551,5 +602,549 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.shard_cores(2), vec![1]);
+    }
+
+    #[test]
+    fn printed_settings_parse_back() {
+        let default = Config::default();
+        let printed = default.to_toml().unwrap();
+        assert_eq!(
+            Config::from_toml(&printed, "printed").unwrap(),
+            default,
+            "{printed}"
+        );
+
+        let set = Config::from_toml(
+            r#"
+listen = ["127.0.0.1:1883", "[::1]:1884"]
+cores = "0-1"
+log_format = "json"
+[auth]
+password_file = "/etc/shardmq/passwd"
+allow_anonymous = true
+acl_file = "/etc/shardmq/acl"
+[persistence]
+durability = "relaxed"
+data_dir = "/var/lib/shardmq"
+[limits]
+max_inflight = 7
+[tls]
+listen = ["0.0.0.0:8883"]
+cert_file = "server.crt"
+key_file = "server.key"
+ca_file = "ca.crt"
+require_certificate = true
+[websocket]
+tls_listen = ["0.0.0.0:8084"]
+path = "/ws"
+[metrics]
+listen = ["127.0.0.1:9183"]
+"#,
+            "set.toml",
+        )
+        .unwrap();
+        let printed = set.to_toml().unwrap();
+        assert!(printed.contains("max_inflight = 7\n"), "{printed}");
+        assert!(printed.contains("max_packet_size = 1048576\n"), "{printed}");
+        assert!(
+            printed.contains("password_file = \"/etc/shardmq/passwd\"\n"),
+            "{printed}"
+        );
+        assert!(!printed.contains("scram_credentials"), "{printed}");
+        assert_eq!(
+            Config::from_toml(&printed, "printed").unwrap(),
+            set,
+            "{printed}"
+        );
+    }
+
+    /// Every key of the config types as `section.key` (top-level keys bare), in declaration
+    /// order, with whether it is set: a serializer that records the fields it is shown,
+    /// including the unset options serde skips.
+    fn config_keys(config: &Config) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        config
+            .serialize(keys::Field {
+                path: String::new(),
+                out: &mut out,
+            })
+            .unwrap();
+        out
+    }
+
+    mod keys {
+        use serde::ser::{self, Serialize};
+
+        #[derive(Debug)]
+        pub struct Error(String);
+
+        impl std::fmt::Display for Error {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::error::Error for Error {}
+
+        impl ser::Error for Error {
+            fn custom<T: std::fmt::Display>(msg: T) -> Self {
+                Error(msg.to_string())
+            }
+        }
+
+        /// One value at `path`: a struct is a section whose fields are keys, anything else a key.
+        pub struct Field<'a> {
+            pub path: String,
+            pub out: &'a mut Vec<(String, bool)>,
+        }
+
+        /// The fields of a section.
+        pub struct Section<'a> {
+            prefix: String,
+            out: &'a mut Vec<(String, bool)>,
+        }
+
+        impl Section<'_> {
+            fn path(&self, key: &str) -> String {
+                if self.prefix.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{}.{key}", self.prefix)
+                }
+            }
+        }
+
+        /// The inside of a value, which is not looked at.
+        pub struct Ignore;
+
+        impl Field<'_> {
+            fn leaf(self) -> Result<(), Error> {
+                self.out.push((self.path, true));
+                Ok(())
+            }
+        }
+
+        macro_rules! leaves {
+            ($($method:ident($($ty:ty),*);)*) => {
+                $(fn $method(self, $(_: $ty),*) -> Result<(), Error> {
+                    self.leaf()
+                })*
+            };
+        }
+
+        impl<'a> ser::Serializer for Field<'a> {
+            type Ok = ();
+            type Error = Error;
+            type SerializeSeq = Ignore;
+            type SerializeTuple = Ignore;
+            type SerializeTupleStruct = Ignore;
+            type SerializeTupleVariant = Ignore;
+            type SerializeMap = Ignore;
+            type SerializeStruct = Section<'a>;
+            type SerializeStructVariant = Ignore;
+
+            leaves! {
+                serialize_bool(bool);
+                serialize_i8(i8);
+                serialize_i16(i16);
+                serialize_i32(i32);
+                serialize_i64(i64);
+                serialize_u8(u8);
+                serialize_u16(u16);
+                serialize_u32(u32);
+                serialize_u64(u64);
+                serialize_f32(f32);
+                serialize_f64(f64);
+                serialize_char(char);
+                serialize_str(&str);
+                serialize_bytes(&[u8]);
+                serialize_none();
+                serialize_unit();
+                serialize_unit_struct(&'static str);
+                serialize_unit_variant(&'static str, u32, &'static str);
+            }
+
+            fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Error> {
+                value.serialize(self)
+            }
+            fn serialize_newtype_struct<T: Serialize + ?Sized>(
+                self,
+                _: &'static str,
+                value: &T,
+            ) -> Result<(), Error> {
+                value.serialize(self)
+            }
+            fn serialize_newtype_variant<T: Serialize + ?Sized>(
+                self,
+                _: &'static str,
+                _: u32,
+                _: &'static str,
+                _: &T,
+            ) -> Result<(), Error> {
+                self.leaf()
+            }
+            fn serialize_seq(self, _: Option<usize>) -> Result<Ignore, Error> {
+                self.leaf().map(|()| Ignore)
+            }
+            fn serialize_tuple(self, _: usize) -> Result<Ignore, Error> {
+                self.leaf().map(|()| Ignore)
+            }
+            fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Ignore, Error> {
+                self.leaf().map(|()| Ignore)
+            }
+            fn serialize_tuple_variant(
+                self,
+                _: &'static str,
+                _: u32,
+                _: &'static str,
+                _: usize,
+            ) -> Result<Ignore, Error> {
+                self.leaf().map(|()| Ignore)
+            }
+            fn serialize_map(self, _: Option<usize>) -> Result<Ignore, Error> {
+                self.leaf().map(|()| Ignore)
+            }
+            fn serialize_struct(self, _: &'static str, _: usize) -> Result<Section<'a>, Error> {
+                Ok(Section {
+                    prefix: self.path,
+                    out: self.out,
+                })
+            }
+            fn serialize_struct_variant(
+                self,
+                _: &'static str,
+                _: u32,
+                _: &'static str,
+                _: usize,
+            ) -> Result<Ignore, Error> {
+                self.leaf().map(|()| Ignore)
+            }
+        }
+
+        impl ser::SerializeStruct for Section<'_> {
+            type Ok = ();
+            type Error = Error;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), Error> {
+                let path = self.path(key);
+                value.serialize(Field {
+                    path,
+                    out: &mut *self.out,
+                })
+            }
+            fn skip_field(&mut self, key: &'static str) -> Result<(), Error> {
+                let path = self.path(key);
+                self.out.push((path, false));
+                Ok(())
+            }
+            fn end(self) -> Result<(), Error> {
+                Ok(())
+            }
+        }
+
+        macro_rules! ignore {
+            ($($trait:ident { $($method:ident($($arg:ident: $ty:ty),*);)* })*) => {
+                $(impl ser::$trait for Ignore {
+                    type Ok = ();
+                    type Error = Error;
+                    $(fn $method<T: Serialize + ?Sized>(
+                        &mut self,
+                        $($arg: $ty,)*
+                        _: &T,
+                    ) -> Result<(), Error> {
+                        $(let _ = $arg;)*
+                        Ok(())
+                    })*
+                    fn end(self) -> Result<(), Error> {
+                        Ok(())
+                    }
+                })*
+            };
+        }
+
+        ignore! {
+            SerializeSeq { serialize_element(); }
+            SerializeTuple { serialize_element(); }
+            SerializeTupleStruct { serialize_field(); }
+            SerializeTupleVariant { serialize_field(); }
+            SerializeMap { serialize_key(); serialize_value(); }
+            SerializeStructVariant { serialize_field(key: &'static str); }
+        }
+    }
+
+    /// A key documented in `shardmq.toml`: set (`key = value`) or commented out
+    /// (`# key = value`), with the comment above it or above its block of keys.
+    #[derive(Debug)]
+    struct DocKey {
+        path: String,
+        line: usize,
+        meaning: Option<String>,
+    }
+
+    /// The keys `shardmq.toml` documents, in file order.
+    fn documented_keys(text: &str) -> Vec<DocKey> {
+        #[derive(PartialEq)]
+        enum Prev {
+            Blank,
+            Comment,
+            Key,
+        }
+        // `key = value` where the value is TOML, so prose such as `0 = none` is no key.
+        let key_line = |section: &str, line: &str| -> Option<String> {
+            let (key, _) = line.split_once(" = ")?;
+            let ident = key.starts_with(|c: char| c.is_ascii_lowercase())
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            (ident && toml::from_str::<toml::Table>(line).is_ok()).then(|| {
+                if section.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{section}.{key}")
+                }
+            })
+        };
+        let mut keys = Vec::new();
+        let mut section = String::new();
+        let mut comment: Vec<&str> = Vec::new();
+        let mut block: Option<String> = None;
+        let mut prev = Prev::Blank;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('[') {
+                if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                    section = name.trim().to_string();
+                }
+                comment.clear();
+                block = None;
+                prev = Prev::Blank;
+                continue;
+            }
+            let body = line.strip_prefix('#').map(str::trim);
+            let key = key_line(&section, body.unwrap_or(line));
+            match (body, key) {
+                (Some(prose), None) => {
+                    if prev == Prev::Key {
+                        comment.clear();
+                    }
+                    comment.push(prose);
+                    prev = Prev::Comment;
+                }
+                (_, Some(path)) => {
+                    if prev == Prev::Comment {
+                        let joined = comment.join(" ");
+                        block = Some(joined.split_whitespace().collect::<Vec<_>>().join(" "));
+                        comment.clear();
+                    } else if prev == Prev::Blank {
+                        block = None;
+                    }
+                    keys.push(DocKey {
+                        path,
+                        line: n + 1,
+                        meaning: block.clone(),
+                    });
+                    prev = Prev::Key;
+                }
+                (None, None) => {
+                    panic!("shardmq.toml line {}: not a key, comment or section", n + 1)
+                }
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn documented_keys_take_the_comment_above_their_block() {
+        let doc = documented_keys(
+            "# Intro.\n\nbare = 1\n# The first\n#   two.\n# a = \"x\"\n# b = 2\n# 0 = none, prose\nc = [1]\n[s]\n# In s.\nd = true\n",
+        );
+        let got: Vec<(&str, Option<&str>)> = doc
+            .iter()
+            .map(|d| (d.path.as_str(), d.meaning.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("bare", None),
+                ("a", Some("The first two.")),
+                ("b", Some("The first two.")),
+                ("c", Some("0 = none, prose")),
+                ("s.d", Some("In s.")),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_key_is_documented_in_the_shipped_example() {
+        let code = config_keys(&Config::default());
+        let doc = documented_keys(DEFAULT_TOML);
+        let mut problems = Vec::new();
+        for (path, _) in &code {
+            match doc.iter().find(|d| &d.path == path) {
+                None => problems.push(format!(
+                    "{path}: missing (add `key = default`, or `# key = example` for an unset \
+                     option, under its [section] with a comment above it)"
+                )),
+                Some(DocKey {
+                    line,
+                    meaning: None,
+                    ..
+                }) => problems.push(format!("{path} (line {line}): no comment above it")),
+                Some(_) => {}
+            }
+        }
+        for d in &doc {
+            if !code.iter().any(|(path, _)| path == &d.path) {
+                problems.push(format!(
+                    "{} (line {}): no such key in the code",
+                    d.path, d.line
+                ));
+            }
+            if doc.iter().filter(|e| e.path == d.path).count() > 1 {
+                problems.push(format!("{} (line {}): documented twice", d.path, d.line));
+            }
+        }
+        // Commented-out examples must at least have the right type.
+        let mut section = "";
+        for (n, line) in DEFAULT_TOML.lines().enumerate() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                section = line;
+            } else if let Some(body) = line.strip_prefix('#').map(str::trim) {
+                if let Some(d) = doc.iter().find(|d| d.line == n + 1) {
+                    if let Err(e) = toml::from_str::<Config>(&format!("{section}\n{body}\n")) {
+                        let e = e.message().trim().replace('\n', "; ");
+                        problems.push(format!("{} (line {}): bad example: {e}", d.path, d.line));
+                    }
+                }
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "shardmq.toml and the config types disagree:\n{}",
+            problems.join("\n")
+        );
+    }
+
+    const README: &str = include_str!("../README.md");
+    const REFERENCE_HEADING: &str = "## Configuration reference";
+
+    /// The configuration reference table README.md should hold.
+    fn expected_reference_table() -> String {
+        let default = Config::default();
+        // Each default exactly as `check-config` prints it.
+        let printed = default.to_toml().unwrap();
+        let mut section = String::new();
+        let mut values = Vec::new();
+        for line in printed.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = format!("{name}.");
+            } else if let Some((key, value)) = line.split_once(" = ") {
+                values.push((format!("{section}{key}"), value.to_string()));
+            }
+        }
+        let doc = documented_keys(DEFAULT_TOML);
+        let mut table = String::from("| key | default | meaning |\n|---|---|---|\n");
+        for (path, set) in config_keys(&default) {
+            let default = match values.iter().find(|(p, _)| p == &path) {
+                Some((_, value)) => format!("`{value}`"),
+                None if !set => "unset".to_string(),
+                None => panic!("{path}: set, but not in the printed settings:\n{printed}"),
+            };
+            let meaning = doc
+                .iter()
+                .find(|d| d.path == path)
+                .and_then(|d| d.meaning.clone())
+                .unwrap_or_default();
+            table.push_str(&format!(
+                "| `{}` | {} | {} |\n",
+                table_cell(&path),
+                table_cell(&default),
+                table_cell(&meaning)
+            ));
+        }
+        table
+    }
+
+    /// Markdown table cell text: `|` escaped everywhere (GFM requires it in code spans too),
+    /// `$` outside code spans (two of them would start inline math on GitHub).
+    fn table_cell(text: &str) -> String {
+        text.split('`')
+            .enumerate()
+            .map(|(i, part)| {
+                let part = part.replace('|', "\\|");
+                if i % 2 == 0 {
+                    part.replace('$', "\\$")
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("`")
+    }
+
+    /// The line range of the table in README's reference section: the first run of `|` lines
+    /// (empty at the section's end when there is none).
+    fn reference_table_lines(readme: &str) -> Option<std::ops::Range<usize>> {
+        let lines: Vec<&str> = readme.lines().collect();
+        let start = lines
+            .iter()
+            .position(|l| l.trim_end() == REFERENCE_HEADING)?
+            + 1;
+        let end = lines[start..]
+            .iter()
+            .position(|l| l.starts_with("## "))
+            .map_or(lines.len(), |i| start + i);
+        let Some(first) = lines[start..end].iter().position(|l| l.starts_with('|')) else {
+            return Some(end..end);
+        };
+        let first = start + first;
+        let last = lines[first..end]
+            .iter()
+            .position(|l| !l.starts_with('|'))
+            .map_or(end, |i| first + i);
+        Some(first..last)
+    }
+
+    #[test]
+    fn table_cells_are_escaped() {
+        assert_eq!(table_cell("a|b"), "a\\|b");
+        assert_eq!(table_cell("user:$7$ `x|$y`"), "user:\\$7\\$ `x\\|$y`");
+    }
+
+    #[test]
+    fn readme_config_reference_matches_the_code() {
+        let expected = expected_reference_table();
+        if std::env::var_os("SHARDMQ_BLESS").is_some_and(|v| v == "1") {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+            let readme = std::fs::read_to_string(path).unwrap();
+            let range = reference_table_lines(&readme)
+                .unwrap_or_else(|| panic!("README.md has no `{REFERENCE_HEADING}` section"));
+            let mut lines: Vec<&str> = readme.lines().collect();
+            let mut table: Vec<&str> = expected.lines().collect();
+            if range.is_empty() {
+                table.push("");
+            }
+            lines.splice(range, table);
+            let mut text = lines.join("\n");
+            text.push('\n');
+            std::fs::write(path, text).unwrap();
+            eprintln!("README.md: configuration reference rewritten");
+            return;
+        }
+        let range = reference_table_lines(README)
+            .unwrap_or_else(|| panic!("README.md has no `{REFERENCE_HEADING}` section"));
+        let actual: String = README.lines().collect::<Vec<_>>()[range]
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(
+            actual == expected,
+            "README.md's configuration reference is out of date; replace its table with this \
+             (or run `SHARDMQ_BLESS=1 cargo test --lib readme_config_reference`):\n\n{expected}"
+        );
     }
 }

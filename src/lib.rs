@@ -26,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod index;
 pub mod mesh;
+pub mod metrics;
 pub mod protocol;
 pub mod shard;
 pub mod store;

@@ -19,8 +19,9 @@ fn main() {
     match &cli.command {
         Some(Command::CheckConfig { file }) => match Config::load(file) {
             Ok(config) => {
+                let settings = config.to_toml().unwrap_or_else(|e| fail(&e));
                 println!("{file}: ok", file = file.display());
-                println!("{config:#?}");
+                print!("{settings}");
             }
             Err(e) => fail(&e),
         },
@@ -77,7 +78,7 @@ fn main() {
         }
         None => {
             let config = cli.effective_config().unwrap_or_else(|e| fail(&e));
-            init_logging(&config.log_level);
+            init_logging(&config.log_level, config.log_format);
             tracing::info!("shardmq {} starting", env!("CARGO_PKG_VERSION"));
             // Before any shard thread exists, so every thread inherits the mask and the
             // signals wait for `sigwait` below.
@@ -163,7 +164,7 @@ mod signals {
 }
 
 /// Logs to stderr with the configured filter (`RUST_LOG` overrides it).
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: shardmq::config::LogFormat) {
     // The store's own start-up chatter (fjall, lsm-tree) only at warn unless asked for.
     let level = if level.contains("fjall") || level.contains("lsm_tree") {
         level.to_string()
@@ -174,12 +175,16 @@ fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|e| fail(&format!("log_level {level:?}: {e}")));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        shardmq::config::LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        shardmq::config::LogFormat::Json => fmt.json().flatten_event(true).init(),
+    }
 }
 
 /// Prints one error line and exits with status 2.

@@ -27,17 +27,10 @@ use shardmq::websocket::{Control, Decoder, Role, encode_masked, opcode};
 
 /// The listener `over` ("websocket", "secure websocket", "tls") the broker logged next.
 fn listener(b: &Broker, over: &str) -> u16 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = b.log.recv_timeout(left).expect("the listener is logged");
-        if line.contains(&format!("(mqtt over {over},")) {
-            let addr = line.split("listening on ").nth(1).unwrap();
-            let addr: std::net::SocketAddr =
-                addr.split_whitespace().next().unwrap().parse().unwrap();
-            return addr.port();
-        }
-    }
+    let line = b.line_containing(&format!("(mqtt over {over},"));
+    let addr = line.split("listening on ").nth(1).unwrap();
+    let addr: std::net::SocketAddr = addr.split_whitespace().next().unwrap().parse().unwrap();
+    addr.port()
 }
 
 /// A broker with a WebSocket listener (and `extra` config); returns it and the port.

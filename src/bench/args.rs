@@ -27,6 +27,18 @@ pub enum Scenario {
     Conn,
 }
 
+/// How bench clients carry MQTT to the broker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// MQTT straight over TCP.
+    #[default]
+    Tcp,
+    /// MQTT over WebSocket (RFC 6455, subprotocol mqtt): an HTTP upgrade to --ws-path after
+    /// connecting, then every packet in masked binary frames.
+    Ws,
+}
+
 /// The MQTT version a bench client speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum MqttVersion {
@@ -63,6 +75,16 @@ pub struct BenchArgs {
     /// Broker port.
     #[arg(long, short = 'p', default_value_t = 1883)]
     pub port: u16,
+
+    /// How clients reach the broker: tcp (plain MQTT) or ws (MQTT over WebSocket: an HTTP
+    /// upgrade to --ws-path, then binary frames; point --port at the broker's `[websocket]`
+    /// listener, e.g. 8083).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp, value_name = "TRANSPORT")]
+    pub transport: Transport,
+
+    /// The WebSocket request path (--transport ws): the broker's `websocket.path`.
+    #[arg(long, default_value = "/mqtt", value_name = "PATH")]
+    pub ws_path: String,
 
     /// Publishers (fanin, fanout, shared).
     #[arg(long, short = 'P', value_name = "N")]
@@ -171,6 +193,7 @@ pub struct SubPlan {
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub scenario: Scenario,
+    pub transport: Transport,
     pub version: Version,
     pub qos: QoS,
     pub payload: usize,
@@ -215,6 +238,15 @@ impl BenchArgs {
             && !(r > 0.0 && r.is_finite())
         {
             return Err("--rate: a positive number per second".into());
+        }
+        if !self.ws_path.starts_with('/')
+            || self.ws_path.contains(['?', '#'])
+            || self.ws_path.bytes().any(|b| b <= b' ' || b == 0x7f)
+        {
+            return Err(format!(
+                "--ws-path {:?}: an HTTP path without spaces, e.g. /mqtt",
+                self.ws_path
+            ));
         }
         if self.prefix.is_empty() || self.prefix.contains(['+', '#', '/', '\0']) {
             return Err("--prefix: one topic level without '/', '+' or '#'".into());
@@ -316,6 +348,7 @@ impl BenchArgs {
         };
         Ok(Plan {
             scenario: self.scenario,
+            transport: self.transport,
             version,
             qos,
             payload: self.payload,
@@ -371,6 +404,20 @@ mod tests {
     }
 
     #[test]
+    fn transport_defaults_to_tcp() {
+        let t = |args: &[&str]| {
+            T::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+                .map(|t| (t.a.transport, t.a.ws_path))
+                .unwrap()
+        };
+        assert_eq!(t(&["pairs"]), (Transport::Tcp, "/mqtt".into()));
+        assert_eq!(
+            t(&["pairs", "--transport", "ws", "--ws-path", "/ws"]),
+            (Transport::Ws, "/ws".into())
+        );
+    }
+
+    #[test]
     fn bad_flags_say_what_is_wrong() {
         for (args, says) in [
             (&["pairs", "-s", "8"][..], "--payload"),
@@ -381,6 +428,12 @@ mod tests {
             (&["pairs", "-t", "0"], "--threads"),
             (&["pairs", "--prefix", "a/b"], "--prefix"),
             (&["conn", "-n", "0"], "--count"),
+            (
+                &["pairs", "--transport", "ws", "--ws-path", "mqtt"],
+                "--ws-path",
+            ),
+            (&["pairs", "--ws-path", "/a b"], "--ws-path"),
+            (&["pairs", "--transport", "quic"], "quic"),
         ] {
             let e = plan(args).unwrap_err();
             assert!(e.contains(says), "{args:?}: {e}");

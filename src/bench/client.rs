@@ -15,13 +15,16 @@
 //!   The reader takes PUBACK / PUBREC / PUBCOMP and queues PUBREL for the writer.
 //! - An **idle connection** connects and is kept open until the run ends.
 //!
+//! Every connection is a [`Link`]: plain TCP, or MQTT over WebSocket after an HTTP upgrade
+//! (`--transport ws`); the clients above read and write MQTT bytes through it either way.
+//!
 //! Everything a coordinator needs crosses threads through [`Run`]: atomics updated once per
 //! batch, never per message.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -31,11 +34,11 @@ use std::time::{Duration, Instant};
 use atomic_waker::AtomicWaker;
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
-use super::args::{Plan, PubPlan, SubPlan};
+use super::args::{Plan, PubPlan, SubPlan, Transport};
 use super::check::SeqCheck;
+use super::link::{Link, LinkRead, first_line};
 use super::payload::Stamp;
 use crate::protocol::{
     ConnAck, Connect, Packet, Publish, QoS, Str, Subscribe, SubscriptionOptions, TopicFilter,
@@ -159,6 +162,12 @@ pub struct Target {
     pub persistent: bool,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Plain MQTT, or MQTT over WebSocket after an HTTP upgrade.
+    pub transport: Transport,
+    /// The upgrade's request path (WebSocket).
+    pub ws_path: String,
+    /// The upgrade's Host header: the broker's name (or address) and port (WebSocket).
+    pub http_host: String,
 }
 
 /// What one bench thread's tasks share.
@@ -172,35 +181,24 @@ pub struct Local {
     /// Sockets to shut down when the run ends.
     pub fds: RefCell<Vec<RawFd>>,
     /// Idle connections kept open (conn).
-    pub held: RefCell<Vec<TcpStream>>,
+    pub held: RefCell<Vec<Link>>,
 }
 
 type Result<T> = std::result::Result<T, String>;
 
-async fn fill(stream: &mut impl AsyncReadRent, buf: &mut BytesMut, want: usize) -> Result<usize> {
-    crate::shard::conn::fill(stream, buf, want)
-        .await
-        .map_err(|e| format!("read: {e}"))
-}
-
-async fn next_packet(
-    stream: &mut impl AsyncReadRent,
-    buf: &mut BytesMut,
-    version: Version,
-) -> Result<Packet> {
+async fn next_packet(link: &mut Link, buf: &mut BytesMut, version: Version) -> Result<Packet> {
     loop {
         if let Some(p) = decode(buf, version, u32::MAX).map_err(|e| format!("decode: {e}"))? {
             return Ok(p);
         }
-        if fill(stream, buf, 4096).await? == 0 {
+        if link.fill(buf, 4096).await? == 0 {
             return Err("the broker closed the connection".into());
         }
     }
 }
 
-async fn send(stream: &mut TcpStream, bytes: BytesMut) -> Result<()> {
-    let (r, _) = stream.write_all(bytes).await;
-    r.map(drop).map_err(|e| format!("write: {e}"))
+async fn send(link: &mut Link, bytes: BytesMut) -> Result<()> {
+    link.send(bytes).await.0
 }
 
 async fn tcp_connect(t: &Target, n: usize) -> std::io::Result<TcpStream> {
@@ -226,11 +224,18 @@ async fn tcp_connect(t: &Target, n: usize) -> std::io::Result<TcpStream> {
 }
 
 /// Opens a connection and completes the MQTT handshake; `n` picks the source address.
-pub async fn open(t: &Target, n: usize, client_id: &str) -> Result<(TcpStream, BytesMut, ConnAck)> {
-    let mut stream = tcp_connect(t, n)
+pub async fn open(t: &Target, n: usize, client_id: &str) -> Result<(Link, BytesMut, ConnAck)> {
+    let stream = tcp_connect(t, n)
         .await
         .map_err(|e| format!("connect to {}: {e}", t.addr))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut link = match t.transport {
+        Transport::Tcp => Link::tcp(stream),
+        Transport::Ws => {
+            let to = format!("{}{}", t.addr, t.ws_path);
+            Link::websocket(stream, &t.http_host, &t.ws_path, &to).await?
+        }
+    };
     let mut connect = Packet::Connect(Box::new(Connect {
         version: t.version,
         // 5.0 starts clean and keeps the session (expiry below); 3.x keeps it by Clean
@@ -256,13 +261,20 @@ pub async fn open(t: &Target, n: usize, client_id: &str) -> Result<(TcpStream, B
         c.properties.session_expiry_interval = Some(300);
     }
     send(
-        &mut stream,
+        &mut link,
         connect.to_bytes(t.version).map_err(|e| e.to_string())?,
     )
     .await?;
     let mut buf = BytesMut::with_capacity(4096);
-    match next_packet(&mut stream, &mut buf, t.version).await? {
-        Packet::ConnAck(a) if a.reason.is_success() => Ok((stream, buf, a)),
+    let answer = next_packet(&mut link, &mut buf, t.version).await;
+    if answer.is_err() && t.transport == Transport::Tcp && buf.starts_with(b"HTTP/") {
+        return Err(format!(
+            "the broker answered CONNECT in HTTP ({}): a WebSocket port? (--transport ws)",
+            first_line(&buf)
+        ));
+    }
+    match answer? {
+        Packet::ConnAck(a) if a.reason.is_success() => Ok((link, buf, a)),
         Packet::ConnAck(a) => Err(format!("CONNECT refused: {}", a.reason.name())),
         p => Err(format!("expected CONNACK, got {}", p.packet_type().name())),
     }
@@ -285,8 +297,8 @@ async fn subscribe_and_receive(
     let (run, plan) = (&*local.run, &*local.plan);
     let version = local.target.version;
     let id = format!("{}-s{}", plan.id_prefix, sp.id);
-    let (mut stream, mut buf, _) = open(&local.target, sp.id, &id).await?;
-    local.fds.borrow_mut().push(stream.as_raw_fd());
+    let (mut link, mut buf, _) = open(&local.target, sp.id, &id).await?;
+    local.fds.borrow_mut().push(link.fd());
     let filter = TopicFilter::new(Bytes::copy_from_slice(sp.filter.as_bytes()))
         .map_err(|e| format!("filter {}: {e}", sp.filter))?;
     let sub = Packet::Subscribe(Subscribe {
@@ -294,12 +306,8 @@ async fn subscribe_and_receive(
         filters: vec![(filter, SubscriptionOptions::qos(plan.qos))],
         properties: Default::default(),
     });
-    send(
-        &mut stream,
-        sub.to_bytes(version).map_err(|e| e.to_string())?,
-    )
-    .await?;
-    match next_packet(&mut stream, &mut buf, version).await? {
+    send(&mut link, sub.to_bytes(version).map_err(|e| e.to_string())?).await?;
+    match next_packet(&mut link, &mut buf, version).await? {
         Packet::SubAck(a) if a.reasons.first().is_some_and(|r| r.is_success()) => {}
         Packet::SubAck(a) => {
             return Err(format!(
@@ -317,7 +325,7 @@ async fn subscribe_and_receive(
     let mut touched: Vec<usize> = Vec::new();
     let mut acks = BytesMut::with_capacity(4096);
     loop {
-        if fill(&mut stream, &mut buf, READ_SIZE).await? == 0 {
+        if link.fill(&mut buf, READ_SIZE).await? == 0 {
             return Err("the broker closed the connection".into());
         }
         let now = run.now_ns();
@@ -377,7 +385,7 @@ async fn subscribe_and_receive(
             run.foreign.fetch_add(foreign, Ordering::Relaxed);
         }
         if !acks.is_empty() {
-            send(&mut stream, acks.split()).await?;
+            send(&mut link, acks.split()).await?;
         }
     }
 }
@@ -439,8 +447,8 @@ async fn publish(local: &Rc<Local>, pp: &PubPlan) -> Result<()> {
     let (run, plan) = (&*local.run, &*local.plan);
     let ps = &run.pubs[pp.id as usize];
     let id = format!("{}-p{}", plan.id_prefix, pp.id);
-    let (stream, _, connack) = open(&local.target, plan.subs.len() + pp.id as usize, &id).await?;
-    local.fds.borrow_mut().push(stream.as_raw_fd());
+    let (link, _, connack) = open(&local.target, plan.subs.len() + pp.id as usize, &id).await?;
+    local.fds.borrow_mut().push(link.fd());
     let qos1 = plan.qos != QoS::AtMostOnce;
     let window = if qos1 {
         plan.window.min(u32::from(
@@ -454,7 +462,7 @@ async fn publish(local: &Rc<Local>, pp: &PubPlan) -> Result<()> {
     if qos1 {
         *shared.busy.borrow_mut() = vec![false; 1 << 16];
     }
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = link.into_split();
     monoio::spawn(read_acks(local.clone(), pp.id, rd, shared.clone()));
     run.ready.fetch_add(1, Ordering::AcqRel);
     while run.phase() == phase::SETUP {
@@ -474,8 +482,7 @@ async fn publish(local: &Rc<Local>, pp: &PubPlan) -> Result<()> {
         }
         if !publishing && shared.in_flight.get() == 0 {
             // Done: say goodbye, so the broker sees a clean end and no will.
-            let (r, _) = wr.write_all(vec![0xE0, 0]).await;
-            return r.map(drop).map_err(|e| format!("write: {e}"));
+            return wr.send(vec![0xE0, 0]).await.0;
         }
         let delivered = ps.delivered.load(Ordering::Acquire);
         let outstanding = (seq * fanout).saturating_sub(delivered + written_off);
@@ -549,10 +556,10 @@ async fn publish(local: &Rc<Local>, pp: &PubPlan) -> Result<()> {
                 seq += 1;
             }
         }
-        let (r, back) = wr.write_all(out).await;
+        let (r, back) = wr.send(out).await;
         out = back;
         out.clear();
-        r.map_err(|e| format!("write: {e}"))?;
+        r?;
         if n > 0 {
             ps.sent.store(seq, Ordering::Release);
             run.sent.fetch_add(n, Ordering::AcqRel);
@@ -584,18 +591,13 @@ async fn progress(ps: &PubShared, shared: &PubLocal, delivered: u64, run: &Run) 
     .await
 }
 
-async fn read_acks(
-    local: Rc<Local>,
-    id: u32,
-    mut rd: monoio::io::OwnedReadHalf<TcpStream>,
-    shared: Rc<PubLocal>,
-) {
+async fn read_acks(local: Rc<Local>, id: u32, mut rd: LinkRead, shared: Rc<PubLocal>) {
     let run = &*local.run;
     let version = local.target.version;
     let waker = &run.pubs[id as usize].waker;
     let mut buf = BytesMut::with_capacity(4096);
     let why = loop {
-        match fill(&mut rd, &mut buf, 4096).await {
+        match rd.fill(&mut buf, 4096).await {
             Ok(0) => break "the broker closed the connection".to_string(),
             Ok(_) => {}
             Err(e) => break e,
@@ -651,13 +653,13 @@ pub async fn idle(local: Rc<Local>, n: usize) {
     let id = format!("{}-c{n}", local.plan.id_prefix);
     let t0 = Instant::now();
     match open(&local.target, n, &id).await {
-        Ok((stream, _, _)) => {
+        Ok((link, _, _)) => {
             local
                 .hist
                 .borrow_mut()
                 .saturating_record(t0.elapsed().as_nanos() as u64);
-            local.fds.borrow_mut().push(stream.as_raw_fd());
-            local.held.borrow_mut().push(stream);
+            local.fds.borrow_mut().push(link.fd());
+            local.held.borrow_mut().push(link);
             local.run.ready.fetch_add(1, Ordering::AcqRel);
         }
         Err(e) => local.run.fail(format!("connection {n}: {e}")),

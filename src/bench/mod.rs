@@ -22,6 +22,7 @@
 pub mod args;
 mod check;
 mod client;
+mod link;
 mod payload;
 mod probe;
 mod report;
@@ -38,7 +39,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use args::Plan;
-pub use args::{BenchArgs, Scenario};
+pub use args::{BenchArgs, Scenario, Transport};
 use check::SeqCheck;
 use client::{Local, Run, Target, phase};
 pub use report::Report;
@@ -87,6 +88,13 @@ pub fn main(args: &BenchArgs) -> i32 {
         persistent: args.persistent,
         username: args.username.clone(),
         password: args.password.clone(),
+        transport: args.transport,
+        ws_path: args.ws_path.clone(),
+        http_host: if args.host.contains(':') && !args.host.starts_with('[') {
+            format!("[{}]:{}", args.host, args.port)
+        } else {
+            format!("{}:{}", args.host, args.port)
+        },
     };
     let coordinator = Coordinator {
         broker_pid: args.broker_pid,
@@ -309,8 +317,12 @@ impl Coordinator {
         let plan = Arc::new(plan);
         let target = Arc::new(target);
         if !self.quiet {
+            let over = match target.transport {
+                Transport::Tcp => String::new(),
+                Transport::Ws => format!(" over WebSocket {}", target.ws_path),
+            };
             eprintln!(
-                "shardmq bench {:?} against {}: {} clients on {} threads",
+                "shardmq bench {:?} against {}{over}: {} clients on {} threads",
                 plan.scenario, target.addr, clients, plan.threads
             );
         }
@@ -359,6 +371,7 @@ impl Coordinator {
     fn base_report(&self, plan: &Plan) -> Report {
         Report {
             scenario: plan.scenario,
+            transport: plan.transport,
             mqtt: match plan.version {
                 Version::V3_1 => "3.1",
                 Version::V3_1_1 => "3.1.1",

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::args::Scenario;
+use super::args::{Scenario, Transport};
 
 /// Latency percentiles (microseconds).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -49,6 +49,8 @@ pub struct BrokerUse {
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub scenario: Scenario,
+    /// `tcp` or `ws` (MQTT over WebSocket).
+    pub transport: Transport,
     pub mqtt: String,
     pub qos: u8,
     pub payload: usize,
@@ -119,10 +121,14 @@ impl Report {
             None => format!("full speed (window {})", self.inflight),
         };
         let scenario = format!("{:?}", self.scenario).to_lowercase();
+        let over = match self.transport {
+            Transport::Tcp => "",
+            Transport::Ws => " over WebSocket",
+        };
         if self.scenario == Scenario::Conn {
             let _ = writeln!(
                 s,
-                "shardmq bench conn: {} connections, MQTT {}, {speed}, held {} s, {} threads",
+                "shardmq bench conn: {} connections, MQTT {}{over}, {speed}, held {} s, {} threads",
                 self.connections, self.mqtt, self.duration_s, self.threads
             );
             let _ = writeln!(
@@ -143,7 +149,7 @@ impl Report {
         } else {
             let _ = writeln!(
                 s,
-                "shardmq bench {scenario}: {} publishers -> {} subscribers, QoS {}, {} B, MQTT {}, {speed}, {} s after {} s warm-up, {} threads",
+                "shardmq bench {scenario}: {} publishers -> {} subscribers, QoS {}, {} B, MQTT {}{over}, {speed}, {} s after {} s warm-up, {} threads",
                 self.publishers,
                 self.subscribers,
                 self.qos,

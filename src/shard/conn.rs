@@ -208,6 +208,8 @@ pub struct Origin {
     pub tls: bool,
     /// The common name of the client certificate the TLS handshake verified.
     pub identity: Option<String>,
+    /// The listener's transport, for the log: `tcp`, `tls`, `websocket` or `secure websocket`.
+    pub transport: &'static str,
 }
 
 /// The reading side of a connection: the socket's read half, through the WebSocket decoder
@@ -248,20 +250,35 @@ pub async fn serve<S: Transport>(
         s.wheel.insert(Filed::new(&conn));
         conn
     };
+    let transport = crate::metrics::Transport::of(origin.tls, ws.is_some()) as usize;
+    {
+        let mut s = shard.borrow_mut();
+        s.stats.connections[transport] += 1;
+        s.stats.accepted[transport] += 1;
+    }
     let (rd, wr) = stream.into_split();
     let framing = ws.is_some().then(WsWriter::default);
     monoio::spawn(writer(shard.clone(), conn.clone(), wr, framing));
     let mut rd = Source { rd, ws };
+    let origin_peer = origin.peer;
     let why = read_loop(&shard, &conn, &mut rd, origin).await;
-    tracing::debug!(token = conn.token, why, "connection closed");
+    if conn.slot.get().is_none() {
+        tracing::debug!(token = conn.token, peer = ?origin_peer, why, "connection closed before CONNACK");
+    }
     if let Some(slot) = conn.slot.get() {
         let authz = {
             let mut s = shard.borrow_mut();
-            let authz = s
-                .sessions
-                .get(slot)
-                .filter(|e| e.token == conn.token)
-                .and_then(|e| e.session.authz_shared());
+            let entry = s.sessions.get(slot).filter(|e| e.token == conn.token);
+            if let Some(e) = entry {
+                tracing::info!(
+                    client_id = %e.session.client_id().as_str(),
+                    peer = %origin_peer.map_or_else(String::new, |p| p.to_string()),
+                    version = version_label(e.session.version()),
+                    reason = why,
+                    "client disconnected"
+                );
+            }
+            let authz = entry.and_then(|e| e.session.authz_shared());
             s.disconnected(slot, &conn);
             authz
         };
@@ -276,7 +293,17 @@ pub async fn serve<S: Transport>(
     drop(rd);
     let mut s = shard.borrow_mut();
     s.open_connections -= 1;
+    s.stats.connections[transport] -= 1;
     s.shared.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The protocol version as logged.
+fn version_label(v: Version) -> &'static str {
+    match v {
+        Version::V3_1 => "3.1",
+        Version::V3_1_1 => "3.1.1",
+        Version::V5 => "5.0",
+    }
 }
 
 /// Queues a packet for a connection that has no session yet (AUTH during CONNECT).
@@ -539,6 +566,14 @@ async fn read_loop<S: Transport>(
     if auth_done.is_none() && !by_certificate {
         let checked = check_password(shard, conn, &connect, || who(connect.client_id.as_str()));
         if let Err((reason, why)) = checked.await {
+            {
+                let mut s = shard.borrow_mut();
+                if reason == ReasonCode::BAD_USER_NAME_OR_PASSWORD {
+                    s.stats.auth_bad_credentials += 1;
+                } else if reason != ReasonCode::SERVER_BUSY {
+                    s.stats.auth_not_authorized += 1;
+                }
+            }
             let mut out = BytesMut::new();
             encode_refusal(version, reason, &mut out);
             conn.leftover.borrow_mut().extend_from_slice(&out);
@@ -674,6 +709,17 @@ async fn read_loop<S: Transport>(
         let slot = s.install(session, conn.token, Some(conn.clone()));
         conn.slot.set(Some(slot));
         conn.wake_writer();
+        tracing::info!(
+            client_id = %accepted.client_id.as_str(),
+            peer = %peer.map_or_else(String::new, |p| p.to_string()),
+            version = version_label(version),
+            transport = origin.transport,
+            clean_start = connect.clean_start,
+            keep_alive,
+            session_present = present,
+            username = connect.username.as_ref().map_or("", |u| u.as_str()),
+            "client connected"
+        );
         slot
     };
     if let Some((h, c)) = authz.as_deref().and_then(Authz::hooks) {
@@ -797,7 +843,9 @@ async fn read_loop<S: Transport>(
         if conn.is_closing() {
             return "closed by the broker";
         }
-        conn.heard.set(Some(shard.borrow().now));
+        let mut s = shard.borrow_mut();
+        s.stats.bytes_in += last_read as u64;
+        conn.heard.set(Some(s.now));
     }
 }
 
@@ -864,13 +912,23 @@ async fn writer<S: Transport>(
             Poll::Pending
         })
         .await;
-        let frame = match (&what, ws.as_mut()) {
+        let (head, frame) = match (&what, ws.as_mut()) {
             (Outgoing::Done, _) => break,
-            (Outgoing::Control, _) | (_, None) => batch,
+            (Outgoing::Control, _) | (_, None) => (None, batch),
             (Outgoing::Leftover, Some(ws)) => ws.frame(batch, false),
             (Outgoing::Session, Some(ws)) => ws.frame(batch, true),
         };
+        if let Some(head) = head {
+            if wr.write_all(head).await.0.is_err() {
+                conn.close();
+                break;
+            }
+        }
+        let len = frame.len() as u64;
         let (res, mut written) = wr.write_all(frame).await;
+        if res.is_ok() {
+            shard.borrow_mut().stats.bytes_out += len;
+        }
         if matches!(what, Outgoing::Session) {
             // The sent buffer becomes the next spare (a large one is released).
             written.clear();

@@ -42,6 +42,7 @@ use crate::config::{Config, Durability};
 use crate::index::routes::MAX_SHARDS;
 use crate::index::{Routes, SharedRoutes};
 use crate::mesh::{Consumer, Doorbell, Envelope, Park, Producer, Wake, channel};
+use crate::metrics::sys::SysTopics;
 use crate::protocol::ReasonCode;
 use crate::protocol::session::{Message, SessionImage};
 use crate::store::codec::Deadlines;
@@ -51,6 +52,37 @@ use crate::store::{Store, StoreOptions, unix_now};
 const PUMP_BATCH: usize = 256;
 /// Listen backlog per shard listener.
 const BACKLOG: i32 = 1024;
+
+/// What the metrics listener reads: the shards' snapshots and the store's counters.
+struct Exposition {
+    shared: Arc<Shared>,
+    store: Option<Store>,
+}
+
+impl Exposition {
+    fn facts(&self) -> crate::metrics::prometheus::Facts {
+        crate::metrics::prometheus::Facts {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_secs: self.shared.start.elapsed().as_secs(),
+            store_commits: self.store.as_ref().map(|s| s.commits.read()),
+            store_failed: self
+                .store
+                .as_ref()
+                .map_or(0, |s| s.failed.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl crate::metrics::http::Source for Exposition {
+    fn metrics(&self) -> String {
+        let snapshots = self.shared.snapshot_all();
+        crate::metrics::prometheus::render(&snapshots, &self.facts())
+    }
+
+    fn healthy(&self) -> bool {
+        !self.shared.shutdown.load(Ordering::Acquire)
+    }
+}
 
 /// A running broker.
 #[derive(Debug)]
@@ -337,6 +369,14 @@ pub fn start_with_hooks(
         }
     }
 
+    let mut metrics_listeners = Vec::new();
+    for addr in &config.metrics.listen {
+        let l = std::net::TcpListener::bind(addr).map_err(|e| {
+            format!("metrics.listen {addr}: {e}; pick another address or stop what listens there")
+        })?;
+        metrics_listeners.push(l);
+    }
+
     let (outs, ins) = full_mesh(n, config.limits.ring_capacity);
 
     let shared = Arc::new(Shared {
@@ -355,6 +395,7 @@ pub fn start_with_hooks(
         verifier,
         acl: arc_swap::ArcSwapOption::new(acl.map(Arc::new)),
         authenticators,
+        snapshots: (0..n).map(|_| Default::default()).collect(),
         config,
     });
 
@@ -418,6 +459,16 @@ pub fn start_with_hooks(
     }
     for (a, over) in &addrs {
         tracing::info!("listening on {a} (mqtt over {over}, {n} shards)");
+    }
+    let source: Arc<dyn crate::metrics::http::Source> = Arc::new(Exposition {
+        shared: shared.clone(),
+        store: store.as_ref().map(|(s, _)| s.clone()),
+    });
+    for l in metrics_listeners {
+        let a = l.local_addr().map_err(|e| e.to_string())?;
+        crate::metrics::http::spawn(l, source.clone())
+            .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
+        tracing::info!("serving metrics on http://{a}/metrics and /health");
     }
     let addrs = addrs.into_iter().map(|(a, _)| a).collect();
     Ok(Broker {
@@ -524,6 +575,7 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListen
                 let fd = stream.as_raw_fd();
                 let origin = Origin {
                     peer: Some(peer),
+                    transport: kind.name(),
                     ..Origin::default()
                 };
                 if kind.tls.is_none() && !kind.websocket {
@@ -610,7 +662,12 @@ enum Layers {
 
 async fn ticker(shard: Rc<RefCell<Shard>>) {
     let start = shard.borrow().shared.start;
+    let sys_interval = u64::from(shard.borrow().shared.config.metrics.sys_interval);
+    let mut sys = (shard.borrow().id == 0 && sys_interval > 0).then(SysTopics::default);
+    let mut next_sys = 0u64;
     let mut expired: Vec<Rc<ConnShared>> = Vec::new();
+    let mut cpu_before = thread_cpu_time();
+    let mut wall_before = Instant::now();
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
         let mut s = shard.borrow_mut();
@@ -627,7 +684,39 @@ async fn ticker(shard: Rc<RefCell<Shard>>) {
             c.close();
         }
         s.run_timers(now);
+        // The metrics snapshot: this thread's CPU time over the wall time since the last.
+        let (cpu, wall) = (thread_cpu_time(), Instant::now());
+        let busy = (cpu.saturating_sub(cpu_before)).as_secs_f64()
+            / wall.duration_since(wall_before).as_secs_f64().max(1e-9);
+        (cpu_before, wall_before) = (cpu, wall);
+        let snapshot = s.snapshot(busy.clamp(0.0, 1.0));
+        if let Ok(mut slot) = s.shared.snapshots[s.id].lock() {
+            *slot = snapshot;
+        }
+        if let Some(sys) = sys.as_mut()
+            && u64::from(now) >= next_sys
+        {
+            next_sys = u64::from(now) + sys_interval;
+            let all = s.shared.snapshot_all();
+            let topics = sys.update(&all, u64::from(now), env!("CARGO_PKG_VERSION"));
+            s.publish_sys(topics);
+            s.flush();
+        }
     }
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Yields to the other tasks of this shard once.

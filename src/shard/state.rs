@@ -92,6 +92,8 @@ pub struct Shared {
     /// The ACL, when `auth.acl_file` is set (replaced on SIGHUP; a connection keeps the
     /// rules it connected with).
     pub acl: arc_swap::ArcSwapOption<crate::auth::acl::Acl>,
+    /// Each shard's last metrics snapshot (written once per tick by its shard).
+    pub snapshots: Vec<std::sync::Mutex<crate::metrics::ShardSnapshot>>,
 }
 
 /// A configured limit whose hits are counted, one counter per limit per shard (merged on a
@@ -175,6 +177,29 @@ fn add_session_hits(limits: &mut [u64; Limit::ALL.len()], s: &Session) {
     limits[Limit::QueueFull as usize] += s.drops.queue_full;
 }
 
+fn add_drops(
+    to: &mut crate::protocol::session::DropCounts,
+    d: &crate::protocol::session::DropCounts,
+) {
+    to.slow_consumer += d.slow_consumer;
+    to.queue_full += d.queue_full;
+    to.expired += d.expired;
+    to.too_large += d.too_large;
+}
+
+/// Topics of the broker's own status messages.
+const SYS_PREFIX: &[u8] = b"$SYS/";
+
+impl Shared {
+    /// Every shard's last snapshot (a shard whose lock is poisoned counts as empty).
+    pub fn snapshot_all(&self) -> Vec<crate::metrics::ShardSnapshot> {
+        self.snapshots
+            .iter()
+            .map(|m| m.lock().map(|s| s.clone()).unwrap_or_default())
+            .collect()
+    }
+}
+
 /// Counters of one shard.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
@@ -188,6 +213,24 @@ pub struct Stats {
     pub shared_dropped: u64,
     /// Sessions ended by their Session Expiry Interval.
     pub sessions_expired: u64,
+    /// PUBLISH packets received, by QoS.
+    pub received_qos: [u64; 3],
+    /// Messages delivered to sessions, by QoS of the delivery.
+    pub delivered_qos: [u64; 3],
+    /// MQTT bytes read from clients.
+    pub bytes_in: u64,
+    /// Bytes written to clients.
+    pub bytes_out: u64,
+    /// Open connections, by [`crate::metrics::Transport::ALL`].
+    pub connections: [u64; 4],
+    /// Connections accepted, by transport.
+    pub accepted: [u64; 4],
+    /// CONNECTs refused for a bad user name or password.
+    pub auth_bad_credentials: u64,
+    /// CONNECTs refused as not authorized.
+    pub auth_not_authorized: u64,
+    /// What sessions that ended had dropped.
+    pub ended_drops: crate::protocol::session::DropCounts,
     /// Hits of each [`Limit`] counted by the shard itself, indexed as [`Limit::ALL`]
     /// (sessions count theirs until they end).
     pub limits: [u64; Limit::ALL.len()],
@@ -461,6 +504,64 @@ impl Shard {
             add_session_hits(&mut all, &e.session);
         }
         all
+    }
+
+    /// A copy of this shard's counters and gauges for the metrics (`busy_ratio` is the
+    /// caller's: it measures the thread).
+    pub fn snapshot(&self, busy_ratio: f64) -> crate::metrics::ShardSnapshot {
+        let st = &self.stats;
+        let mut drops = st.ended_drops;
+        let (mut live, mut parked, mut subs, mut inflight, mut queued) = (0, 0, 0, 0, 0);
+        for (_, e) in &self.sessions {
+            add_drops(&mut drops, &e.session.drops);
+            if e.conn.is_some() {
+                live += 1;
+            } else {
+                parked += 1;
+            }
+            subs += e.session.subscription_count() as u64;
+            inflight += e.session.inflight() as u64;
+            queued += e.session.queued() as u64;
+        }
+        crate::metrics::ShardSnapshot {
+            connections: st.connections,
+            accepted: st.accepted,
+            received: st.received_qos,
+            delivered: st.delivered_qos,
+            bytes_in: st.bytes_in,
+            bytes_out: st.bytes_out,
+            dropped: crate::metrics::Dropped {
+                ring_full: st.ring_dropped,
+                no_shared_member: st.shared_dropped,
+                slow_consumer: drops.slow_consumer,
+                queue_full: drops.queue_full,
+                expired: drops.expired,
+                too_large: drops.too_large,
+            },
+            retained: self.retained.len() as u64,
+            sessions_live: live,
+            sessions_parked: parked,
+            sessions_expired: st.sessions_expired,
+            subscriptions: subs,
+            inflight,
+            queued,
+            auth_bad_credentials: st.auth_bad_credentials,
+            auth_not_authorized: st.auth_not_authorized,
+            limit_hits: self.limit_hits(),
+            busy_ratio,
+            ring_len: self
+                .out
+                .iter()
+                .map(|p| p.as_ref().map(|p| p.len() as u64))
+                .collect(),
+            ring_capacity: self
+                .out
+                .iter()
+                .flatten()
+                .next()
+                .map_or(0, |p| p.capacity() as u64),
+            store_backlog: self.store_backlog.len() as u64,
+        }
     }
 
     // ----- mesh -----
@@ -859,6 +960,7 @@ impl Shard {
     fn remove_entry(&mut self, slot: usize) -> Entry {
         let e = self.sessions.remove(slot);
         add_session_hits(&mut self.stats.limits, &e.session);
+        add_drops(&mut self.stats.ended_drops, &e.session.drops);
         if e.counted {
             self.shared.persistent[self.id].fetch_sub(1, Ordering::Release);
         }
@@ -1038,6 +1140,22 @@ impl Shard {
     }
 
     // ----- publish, subscribe -----
+
+    /// Publishes the broker's `$SYS` topics as retained QoS 0 messages of its own.
+    pub fn publish_sys(&mut self, topics: Vec<(String, String)>) {
+        for (topic, payload) in topics {
+            let Ok(topic) = crate::protocol::TopicName::new(bytes::Bytes::from(topic)) else {
+                continue;
+            };
+            let publish = Publish {
+                retain: true,
+                topic,
+                payload: bytes::Bytes::from(payload),
+                ..Default::default()
+            };
+            self.route(Arc::new(AppMessage::new(publish)));
+        }
+    }
 
     /// Publishes a will as `origin`'s message: its properties (payload format, content type,
     /// response topic, correlation data, user properties, message expiry) become the
@@ -1261,7 +1379,8 @@ impl Shard {
     /// Writes a retained message (or its deletion) to the store; the publishing shard does
     /// this once, the replicas do not.
     fn store_retained(&mut self, topic: &[u8], msg: Option<&Message>) {
-        if self.shared.store.is_none() {
+        // The broker's own `$SYS` topics are refreshed after a restart, not kept.
+        if self.shared.store.is_none() || topic.starts_with(SYS_PREFIX) {
             return;
         }
         let start_unix = self.shared.start_unix;
@@ -1356,6 +1475,7 @@ impl Shard {
         }
         let outcome = e.session.deliver(msg, grant, now);
         self.stats.delivered += 1;
+        self.stats.delivered_qos[qos as usize] += 1;
         if let Some(c) = &e.conn {
             c.wake_writer();
         }
@@ -1589,6 +1709,7 @@ impl Shard {
             }
             e.session.deliver(msg, grant, now);
             self.stats.delivered += 1;
+            self.stats.delivered_qos[msg.qos.min(grant.qos) as usize] += 1;
             if let Some(c) = &e.conn {
                 c.wake_writer();
             }
@@ -1606,6 +1727,7 @@ impl Shard {
             match action {
                 Action::Publish { msg, ack } => {
                     self.stats.received += 1;
+                    self.stats.received_qos[msg.qos as usize] += 1;
                     if let Some((h, c)) = self.sessions[slot].session.authz().and_then(Authz::hooks)
                     {
                         h.on_publish(c, msg.topic.as_str(), &msg.payload);

@@ -28,6 +28,11 @@ use crate::websocket::{
 
 /// Largest upgrade request read, bytes (browsers send cookies); a longer one gets 431.
 pub const MAX_REQUEST: usize = 16 * 1024;
+/// Largest single read inside a large frame, bytes.
+const MAX_READ: usize = 1024 * 1024;
+/// An outgoing batch at least this large that does not sit behind its header room goes out
+/// as two writes (header, then payload) rather than being copied behind a new header.
+const COPY_LIMIT: usize = 64 * 1024;
 
 /// Reads the HTTP upgrade request from `stream` and answers it (101, or the RFC's error and
 /// then the caller closes). On success returns the bytes read past the request: the first
@@ -117,12 +122,11 @@ impl WsReader {
             if got > 0 {
                 return Ok(got);
             }
-            // Idle: give back a large raw buffer (what is left is at most a partial header).
-            if self.raw.capacity() > 2 * want && self.raw.len() < want {
-                let mut small = BytesMut::with_capacity(want);
-                small.extend_from_slice(&self.raw);
-                self.raw = small;
-            }
+            // Inside a large frame, read the rest of it at once (bounded by the frame limit
+            // the decoder enforces, like a TCP read buffer by `max_packet_size`): fewer reads,
+            // and the payload stays in one buffer the MQTT decoder takes over without a copy.
+            let rest = usize::try_from(self.decoder.remaining()).unwrap_or(usize::MAX);
+            let want = want.max(rest.min(MAX_READ));
             if fill(rd, &mut self.raw, want).await? == 0 {
                 return Ok(0);
             }
@@ -158,7 +162,9 @@ impl WsWriter {
 
     /// One binary frame carrying `payload`, the buffer the session filled since the last
     /// [`lend`](Self::lend) (`lent: true`), or bytes from elsewhere (copied behind a header).
-    pub fn frame(&mut self, payload: BytesMut, lent: bool) -> BytesMut {
+    /// Returns a header to write first when the payload is large and could not be framed in
+    /// place, then the bytes to write (the payload, which comes back as the next spare).
+    pub fn frame(&mut self, payload: BytesMut, lent: bool) -> (Option<BytesMut>, BytesMut) {
         let mut h = [0u8; MAX_HEADER];
         let n = header(opcode::BINARY, payload.len() as u64, &mut h);
         let mut head = if lent {
@@ -166,18 +172,21 @@ impl WsWriter {
         } else {
             BytesMut::new()
         };
-        if head.len() == MAX_HEADER {
+        let in_place =
+            head.len() == MAX_HEADER && head.as_ptr().wrapping_add(MAX_HEADER) == payload.as_ptr();
+        if in_place {
             head[MAX_HEADER - n..].copy_from_slice(&h[..n]);
-            // O(1) when the payload still sits right behind its header room; a copy when the
-            // session had to grow it elsewhere.
+            // O(1): the payload sits right behind its header room.
             head.unsplit(payload);
             head.advance(MAX_HEADER - n);
-            head
+            (None, head)
+        } else if payload.len() >= COPY_LIMIT {
+            (Some(BytesMut::from(&h[..n])), payload)
         } else {
             let mut f = BytesMut::with_capacity(n + payload.len());
             f.extend_from_slice(&h[..n]);
             f.extend_from_slice(&payload);
-            f
+            (None, f)
         }
     }
 }
@@ -212,7 +221,10 @@ mod tests {
             filled.put_bytes(i as u8, len);
             let within = filled.capacity() >= len;
             let ptr = filled.as_ptr();
-            let frame = w.frame(filled, true);
+            let (head, frame) = w.frame(filled, true);
+            if let Some(h) = head {
+                frames.push(h);
+            }
             if len <= 200 && within {
                 // ... and the frame is the same allocation, header right in front.
                 assert_eq!(frame[frame.len() - len..].as_ptr(), ptr);
@@ -230,7 +242,17 @@ mod tests {
     #[test]
     fn bytes_from_elsewhere_are_copied_behind_a_header() {
         let mut w = WsWriter::default();
-        let frame = w.frame(BytesMut::from(&b"\x20\x02\x00\x00"[..]), false);
+        let (head, frame) = w.frame(BytesMut::from(&b"\x20\x02\x00\x00"[..]), false);
+        assert!(head.is_none());
         assert_eq!(&frame[..], b"\x82\x04\x20\x02\x00\x00");
+        // A large batch from elsewhere: its header goes first, the payload is not copied.
+        let big = BytesMut::from(&vec![7u8; 100_000][..]);
+        let ptr = big.as_ptr();
+        let (head, frame) = w.frame(big, false);
+        assert_eq!(
+            &head.unwrap()[..],
+            &[0x82, 127, 0, 0, 0, 0, 0, 1, 0x86, 0xa0]
+        );
+        assert_eq!(frame.as_ptr(), ptr);
     }
 }

@@ -141,6 +141,8 @@ pub struct Store {
     pub failed: Arc<AtomicU64>,
     /// Per shard: the number of its last write known durable (`sync` only).
     durable: Arc<[AtomicU64]>,
+    /// How long each batch took to commit (and fsync), for the metrics.
+    pub commits: Arc<crate::metrics::Latency>,
 }
 
 /// The current Unix time in seconds.
@@ -329,11 +331,13 @@ impl Store {
         let (tx, rx) = sync_channel(o.queue.max(1));
         let failed = Arc::new(AtomicU64::new(0));
         let durable: Arc<[AtomicU64]> = (0..o.shards).map(|_| AtomicU64::new(0)).collect();
+        let commits = Arc::new(crate::metrics::Latency::default());
         let marks = Marks {
             sync: o.sync,
             durable: durable.clone(),
             wake,
             failed: failed.clone(),
+            commits: commits.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("shardmq-store".into())
@@ -344,6 +348,7 @@ impl Store {
                 tx,
                 failed,
                 durable,
+                commits,
             },
             rec,
             handle,
@@ -583,6 +588,7 @@ struct Marks {
     durable: Arc<[AtomicU64]>,
     wake: WakeShard,
     failed: Arc<AtomicU64>,
+    commits: Arc<crate::metrics::Latency>,
 }
 
 /// The store thread: group commit of whatever the shards sent since the last batch. A
@@ -601,6 +607,7 @@ fn run(ks: Keyspace, p: Parts, rx: Receiver<(Cmd, Tag)>, marks: &Marks) {
             cmds.push(c);
         };
         take(first);
+        let started = Instant::now();
         let mut n = 1;
         while n < MAX_BATCH {
             let Ok(c) = rx.try_recv() else { break };
@@ -668,6 +675,7 @@ fn run(ks: Keyspace, p: Parts, rx: Receiver<(Cmd, Tag)>, marks: &Marks) {
                 marks.failed.fetch_add(writes, Ordering::Relaxed);
                 tracing::error!("store: writing a batch to the disk failed: {e}");
             }
+            marks.commits.observe(started.elapsed());
         }
         if !waiting.is_empty() {
             if let Err(e) = ks.persist(PersistMode::SyncAll) {

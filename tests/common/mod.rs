@@ -98,6 +98,22 @@ impl Broker {
         self.addr.port()
     }
 
+    /// The next log line containing `needle` (earlier lines are skipped); panics after
+    /// [`WAIT`].
+    pub fn line_containing(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .log
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line with {needle:?} in time"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
     /// The broker's resident set size in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();

@@ -18,6 +18,7 @@ fn shards(n: usize) -> Vec<Shard> {
         persistent: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         effects: crate::shard::durability::Effects::new(n),
         dropped: AtomicU64::new(0),
+        snapshots: (0..n).map(|_| Default::default()).collect(),
         authenticators: Arc::new(crate::auth::Authenticators::new()),
         start_unix: 0,
         store: None,
