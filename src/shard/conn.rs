@@ -217,6 +217,8 @@ pub struct Origin {
 struct Source<S: Transport> {
     rd: OwnedReadHalf<S>,
     ws: Option<WsReader>,
+    /// MQTT bytes read and not yet added to the shard's count.
+    uncounted: u64,
 }
 
 impl<S: Transport> Source<S> {
@@ -227,10 +229,12 @@ impl<S: Transport> Source<S> {
         want: usize,
         conn: &ConnShared,
     ) -> std::io::Result<usize> {
-        match &mut self.ws {
+        let n = match &mut self.ws {
             None => fill(&mut self.rd, buf, want).await,
             Some(ws) => ws.fill(&mut self.rd, buf, want, conn).await,
-        }
+        }?;
+        self.uncounted += n as u64;
+        Ok(n)
     }
 }
 
@@ -259,7 +263,11 @@ pub async fn serve<S: Transport>(
     let (rd, wr) = stream.into_split();
     let framing = ws.is_some().then(WsWriter::default);
     monoio::spawn(writer(shard.clone(), conn.clone(), wr, framing));
-    let mut rd = Source { rd, ws };
+    let mut rd = Source {
+        rd,
+        ws,
+        uncounted: 0,
+    };
     let origin_peer = origin.peer;
     let why = read_loop(&shard, &conn, &mut rd, origin).await;
     if conn.slot.get().is_none() {
@@ -844,7 +852,7 @@ async fn read_loop<S: Transport>(
             return "closed by the broker";
         }
         let mut s = shard.borrow_mut();
-        s.stats.bytes_in += last_read as u64;
+        s.stats.bytes_in += std::mem::take(&mut rd.uncounted);
         conn.heard.set(Some(s.now));
     }
 }

@@ -115,6 +115,9 @@ pub enum Limit {
     PublishRate,
     /// `limits.receive_maximum`: a client sent more unreleased QoS 2 messages (0x93).
     ReceiveMaximum,
+    /// `limits.max_inflight` (or the client's Receive Maximum): a delivery to a connected
+    /// client waited in its queue behind a full window.
+    MaxInflight,
     /// `limits.max_queued_messages` / `max_queued_bytes`: a message for a session was dropped.
     QueueFull,
     /// `limits.max_subscriptions`: a SUBSCRIBE was refused (0x97).
@@ -131,7 +134,7 @@ pub enum Limit {
 
 impl Limit {
     /// Every limit, in counter order.
-    pub const ALL: [Limit; 13] = [
+    pub const ALL: [Limit; 14] = [
         Limit::MaxConnections,
         Limit::MaxConnectionsPerShard,
         Limit::ConnectRatePerIp,
@@ -139,6 +142,7 @@ impl Limit {
         Limit::MaxClientIdLen,
         Limit::PublishRate,
         Limit::ReceiveMaximum,
+        Limit::MaxInflight,
         Limit::QueueFull,
         Limit::MaxSubscriptions,
         Limit::MaxTopicLevels,
@@ -157,8 +161,9 @@ impl Limit {
             Limit::MaxClientIdLen => "max_client_id_len",
             Limit::PublishRate => "max_publish_rate",
             Limit::ReceiveMaximum => "receive_maximum",
+            Limit::MaxInflight => "max_inflight",
             Limit::QueueFull => "max_queued",
-            Limit::MaxSubscriptions => "max_subscriptions",
+            Limit::MaxSubscriptions => "max_subscriptions_per_client",
             Limit::MaxTopicLevels => "max_topic_levels",
             Limit::AuthQueue => "auth_queue",
             Limit::RetainedStore => "max_retained",
@@ -1478,6 +1483,10 @@ impl Shard {
         self.stats.delivered_qos[qos as usize] += 1;
         if let Some(c) = &e.conn {
             c.wake_writer();
+            if outcome == Delivered::Queued {
+                // Connected, so queued behind a full inflight window.
+                self.stats.limits[Limit::MaxInflight as usize] += 1;
+            }
         }
         if keep && outcome != Delivered::Dropped {
             let value = crate::store::codec::encode_delivery(
@@ -1707,11 +1716,14 @@ impl Shard {
                 self.deliver_to(slot as usize, msg, grant, now);
                 continue;
             }
-            e.session.deliver(msg, grant, now);
+            let outcome = e.session.deliver(msg, grant, now);
             self.stats.delivered += 1;
             self.stats.delivered_qos[msg.qos.min(grant.qos) as usize] += 1;
             if let Some(c) = &e.conn {
                 c.wake_writer();
+                if outcome == Delivered::Queued {
+                    self.stats.limits[Limit::MaxInflight as usize] += 1;
+                }
             }
         }
         matches.clear();
