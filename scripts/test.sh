@@ -52,6 +52,17 @@ if ! python3 -c 'import paho.mqtt, sys; sys.exit(paho.mqtt.__version__ < "2")' >
   fi
 fi
 echo "paho-mqtt: $(python3 -c 'import paho.mqtt; print(paho.mqtt.__version__)')"
+# ... and redis-server for the cluster tests (tests/cluster.rs start their own on a free port).
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt_update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "scripts/test.sh: redis-server missing; install Debian's redis-server (the cluster tests need it)" >&2
+    exit 1
+  fi
+fi
+echo "redis-server: $(redis-server --version | cut -d' ' -f3)"
 # ... and, for MQTT over WebSocket (tests/websocket/, tests/paho/websocket.py), MQTT.js under
 # Node and in headless Chromium: Debian's chromium driven by playwright-core (no browser download).
 if [ ! -x /usr/bin/chromium ]; then

@@ -32,6 +32,10 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Vec<SocketAddr>,
 
+    /// Join a cluster through this Redis, e.g. redis://127.0.0.1:6379 (cluster.redis).
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+
     /// Log line format (log_format).
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<crate::config::LogFormat>,
@@ -133,6 +137,9 @@ impl Cli {
         }
         if !self.metrics_listen.is_empty() {
             config.metrics.listen = self.metrics_listen.clone();
+        }
+        if let Some(url) = &self.cluster {
+            config.cluster.redis = url.clone();
         }
         if let Some(f) = self.log_format {
             config.log_format = f;

@@ -44,6 +44,37 @@ pub struct Config {
     pub websocket: WebSocket,
     /// Prometheus metrics, health and `$SYS` topics.
     pub metrics: Metrics,
+    /// Several nodes as one broker, through Redis.
+    pub cluster: Cluster,
+}
+
+/// Clustering through Redis (off unless `redis` is set).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// Redis URL, e.g. `redis://127.0.0.1:6379` (empty: no cluster).
+    pub redis: String,
+    /// This node's id (empty: generated once and kept in the data directory).
+    pub node_id: String,
+    /// Seconds between heartbeats.
+    pub heartbeat_secs: u32,
+    /// Seconds without a heartbeat after which a node's routes are dropped.
+    pub node_ttl_secs: u32,
+    /// Forwards and route changes waiting for the cluster thread; a forward that finds it
+    /// full is dropped (counted).
+    pub queue: usize,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self {
+            redis: String::new(),
+            node_id: String::new(),
+            heartbeat_secs: 2,
+            node_ttl_secs: 6,
+            queue: 65_536,
+        }
+    }
 }
 
 /// Log line format.
@@ -155,6 +186,7 @@ impl Default for Config {
             tls: Tls::default(),
             websocket: WebSocket::default(),
             metrics: Metrics::default(),
+            cluster: Cluster::default(),
         }
     }
 }

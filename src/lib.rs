@@ -23,6 +23,7 @@
 pub mod auth;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod index;
 pub mod mesh;

@@ -18,6 +18,21 @@ pub struct Facts {
     pub store_commits: Option<LatencyRead>,
     /// Store writes that failed.
     pub store_failed: u64,
+    /// The cluster's counters, when this node is in one.
+    pub cluster: Option<ClusterRead>,
+}
+
+/// What the cluster threads counted.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterRead {
+    /// Other nodes this node routes to.
+    pub nodes: u64,
+    /// Messages sent over Redis (one per target node, one per retained broadcast).
+    pub forwarded: u64,
+    /// Messages received from other nodes.
+    pub received: u64,
+    /// Forwards dropped (queue full, Redis unreachable).
+    pub dropped: u64,
 }
 
 struct Out(String);
@@ -223,6 +238,32 @@ pub fn render(shards: &[ShardSnapshot], facts: &Facts) -> String {
         "Store writes the shards hold back while the store thread's queue is full.",
         m.store_backlog,
     );
+    if let Some(c) = &facts.cluster {
+        o.one(
+            "cluster_nodes",
+            "gauge",
+            "Other cluster nodes this node routes to.",
+            c.nodes,
+        );
+        o.one(
+            "cluster_forwarded_total",
+            "counter",
+            "Messages sent to other nodes over Redis (one per node; one per retained broadcast).",
+            c.forwarded,
+        );
+        o.one(
+            "cluster_received_total",
+            "counter",
+            "Messages received from other nodes.",
+            c.received,
+        );
+        o.one(
+            "cluster_dropped_total",
+            "counter",
+            "Forwards dropped: the cluster queue was full or Redis unreachable.",
+            c.dropped,
+        );
+    }
     if let Some(c) = &facts.store_commits {
         o.family(
             "store_commit_seconds",
@@ -272,6 +313,7 @@ mod tests {
                 uptime_secs: 5,
                 store_commits: Some(LatencyRead::default()),
                 store_failed: 0,
+                cluster: Some(ClusterRead::default()),
             },
         );
         assert!(

@@ -53,6 +53,39 @@ const PUMP_BATCH: usize = 256;
 /// Listen backlog per shard listener.
 const BACKLOG: i32 = 1024;
 
+/// This node's cluster id: `cluster.node_id`, else the one kept in the data directory (made
+/// there on first start), else (persistence off) a fresh one.
+fn node_id(config: &Config) -> Result<String, String> {
+    if !config.cluster.node_id.is_empty() {
+        return Ok(config.cluster.node_id.clone());
+    }
+    let fresh = || {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).map_err(|e| format!("cluster: no random node id: {e}"))?;
+        Ok::<_, String>(b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+    };
+    if !config.persistence.enabled {
+        return fresh();
+    }
+    let path = config.persistence.data_dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let id = fresh()?;
+    std::fs::create_dir_all(&config.persistence.data_dir)
+        .and_then(|()| std::fs::write(&path, format!("{id}\n")))
+        .map_err(|e| {
+            format!(
+                "cluster: cannot keep the node id in {}: {e}",
+                path.display()
+            )
+        })?;
+    Ok(id)
+}
+
 /// What the metrics listener reads: the shards' snapshots and the store's counters.
 struct Exposition {
     shared: Arc<Shared>,
@@ -69,6 +102,7 @@ impl Exposition {
                 .store
                 .as_ref()
                 .map_or(0, |s| s.failed.load(Ordering::Relaxed)),
+            cluster: self.shared.cluster.as_ref().map(|c| c.read()),
         }
     }
 }
@@ -379,6 +413,26 @@ pub fn start_with_hooks(
 
     let (outs, ins) = full_mesh(n, config.limits.ring_capacity);
 
+    let cluster = if config.cluster.redis.is_empty() {
+        None
+    } else {
+        let node_id = node_id(&config)?;
+        let bells = doorbells.clone();
+        let wake = Box::new(move |shard: usize| {
+            bells[shard].notify();
+        });
+        let options = crate::cluster::Options {
+            url: config.cluster.redis.clone(),
+            node_id: node_id.clone(),
+            heartbeat_secs: config.cluster.heartbeat_secs,
+            node_ttl_secs: config.cluster.node_ttl_secs,
+            queue: config.cluster.queue,
+        };
+        let c = crate::cluster::Cluster::start(options, n, wake)?;
+        tracing::info!(node = %node_id, "cluster: node {node_id} through {}", config.cluster.redis);
+        Some(c)
+    };
+
     let shared = Arc::new(Shared {
         routes: Routes::new(),
         shared_routes: SharedRoutes::new(),
@@ -396,6 +450,7 @@ pub fn start_with_hooks(
         acl: arc_swap::ArcSwapOption::new(acl.map(Arc::new)),
         authenticators,
         snapshots: (0..n).map(|_| Default::default()).collect(),
+        cluster,
         config,
     });
 

@@ -94,6 +94,8 @@ pub struct Shared {
     pub acl: arc_swap::ArcSwapOption<crate::auth::acl::Acl>,
     /// Each shard's last metrics snapshot (written once per tick by its shard).
     pub snapshots: Vec<std::sync::Mutex<crate::metrics::ShardSnapshot>>,
+    /// The cluster this node belongs to, if any.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// A configured limit whose hits are counted, one counter per limit per shard (merged on a
@@ -667,6 +669,11 @@ impl Shard {
     /// Whether any inbound ring or the local queue holds work.
     pub fn has_inbound(&mut self) -> bool {
         !self.local.is_empty()
+            || self
+                .shared
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.has_inbox(self.id))
             || self.inbound.iter_mut().any(|c| !c.is_empty())
             || self.release_ready()
     }
@@ -682,8 +689,20 @@ impl Shard {
             }
         }
         self.release_durable();
+        let from_nodes = match &self.shared.cluster {
+            Some(c) => c.take_inbox(self.id),
+            None => Vec::new(),
+        };
+        let from_nodes_count = from_nodes.len();
+        for i in from_nodes {
+            if i.deliver {
+                self.route_from_cluster(i.msg);
+            } else {
+                self.retain_from_cluster(i.msg);
+            }
+        }
         let mut inbox = std::mem::take(&mut self.inbox);
-        let mut n = self.local.len();
+        let mut n = self.local.len() + from_nodes_count;
         for i in 0..self.inbound.len() {
             // `inbound` holds every other shard's ring, in shard order.
             let source = if i < self.id { i } else { i + 1 };
@@ -894,6 +913,9 @@ impl Shard {
                 Some(later) => later.push(filter.clone()),
                 None => {
                     self.shared.routes.add(filter.as_bytes(), self.id);
+                    if let Some(c) = &self.shared.cluster {
+                        c.filter(filter.as_bytes(), true);
+                    }
                 }
             }
         }
@@ -916,6 +938,9 @@ impl Shard {
         if let Some(r) = self.index.remove(filter.as_bytes(), slot as u32) {
             if r.last {
                 self.shared.routes.remove(filter.as_bytes(), self.id);
+                if let Some(c) = &self.shared.cluster {
+                    c.filter(filter.as_bytes(), false);
+                }
             }
         }
     }
@@ -1200,6 +1225,28 @@ impl Shard {
     /// [`route`](Self::route), counting what it causes when the publisher `wait`s for it to
     /// be durable (see `shard::durability`).
     fn route_with(&mut self, msg: Message, wait: bool) -> bool {
+        self.route_here(msg, wait, true)
+    }
+
+    /// Keeps a retained message loaded from the cluster, on every shard, delivering nothing.
+    fn retain_from_cluster(&mut self, msg: Message) {
+        for d in 0..self.count {
+            if d != self.id {
+                self.send(d, Envelope::Retain(msg.clone()));
+            }
+        }
+        self.set_retained(msg);
+    }
+
+    /// Routes a message another node forwarded: to this node's subscribers only.
+    pub fn route_from_cluster(&mut self, msg: Message) {
+        self.route_here(msg, false, false);
+    }
+
+    fn route_here(&mut self, msg: Message, wait: bool, forward: bool) -> bool {
+        if forward && let Some(c) = &self.shared.cluster {
+            c.forward(&msg);
+        }
         if msg.retain {
             for d in 0..self.count {
                 if d != self.id {
@@ -1556,6 +1603,11 @@ impl Shard {
             self.shared
                 .routes
                 .add_many(filters.iter().map(|f| f.as_bytes()), self.id);
+            if let Some(c) = &self.shared.cluster {
+                for f in &filters {
+                    c.filter(f.as_bytes(), true);
+                }
+            }
         }
     }
 

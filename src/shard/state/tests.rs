@@ -19,6 +19,7 @@ fn shards(n: usize) -> Vec<Shard> {
         effects: crate::shard::durability::Effects::new(n),
         dropped: AtomicU64::new(0),
         snapshots: (0..n).map(|_| Default::default()).collect(),
+        cluster: None,
         authenticators: Arc::new(crate::auth::Authenticators::new()),
         start_unix: 0,
         store: None,

@@ -1,0 +1,573 @@
+//! Several shardmq nodes as one broker, coordinated through Redis (`--cluster redis://…`).
+//!
+//! What crosses Redis, and when:
+//!
+//! ```text
+//!  first / last subscriber to a filter on this node (any shard):
+//!      SADD / SREM shardmq:filters:{node} FILTER  +  PUBLISH shardmq:routes "+node\nFILTER"
+//!  a PUBLISH on this node whose topic matches another node's filters:
+//!      PUBLISH shardmq:to:{that node} MESSAGE      (once per interested node, never a broadcast)
+//!  a retained PUBLISH (cluster-wide state):
+//!      HSET / HDEL shardmq:retained TOPIC MESSAGE  +  PUBLISH shardmq:retained-updates MESSAGE
+//!      (every node delivers and keeps it; a node starting later loads the hash)
+//!  every heartbeat_secs:  SET shardmq:node:{node} EX node_ttl_secs   (a dead node expires)
+//! ```
+//!
+//! Each node keeps the other nodes' filters in a [`Routes`] (node index as the bit), so a
+//! publish is matched locally, as against the shard routes. Two threads own the Redis
+//! connections: `shardmq-cluster-tx` (commands, forwards, heartbeats, dead-node checks) and
+//! `shardmq-cluster-rx` (subscribed to `shardmq:routes` and this node's channel; messages for
+//! this node go to a shard's inbox and ring its doorbell). Shards only `try_send` to the
+//! sender (bounded by `limits.cluster_queue`; full = dropped and counted) and lock their inbox
+//! once per pump turn. Redis unreachable: local traffic goes on, forwards are dropped
+//! (counted), both threads retry with backoff and resynchronise (filters re-announced, other
+//! nodes' filters reloaded) when it returns. Across nodes delivery is at most once (Redis
+//! pub/sub); see the README.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+
+use crate::index::Routes;
+use crate::protocol::session::{AppMessage, Message};
+
+/// Most nodes a node forwards to (the route masks are 64 bits).
+pub const MAX_NODES: usize = 64;
+
+/// What a shard asks the sender thread to do.
+enum Out {
+    /// A shard got its first (true) or lost its last (false) subscriber to a filter.
+    Filter(Vec<u8>, bool),
+    /// Forward an encoded message to the nodes in the mask.
+    Publish(u64, Vec<u8>),
+    /// A retained message (topic, the message): kept in (or, empty, cleared from) Redis and
+    /// broadcast to every node, which delivers and keeps it.
+    Retained(Vec<u8>, Vec<u8>, bool),
+}
+
+/// A message from another node, for a shard.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The message.
+    pub msg: Message,
+    /// Deliver it (a publish) or only keep it as retained (loaded from Redis).
+    pub deliver: bool,
+}
+
+/// The other nodes this node knows, by route index.
+#[derive(Debug, Default)]
+struct Nodes {
+    index: HashMap<String, usize>,
+    ids: Vec<Option<String>>,
+    filters: Vec<HashSet<Vec<u8>>>,
+}
+
+/// Settings of [`Cluster::start`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// This node's id.
+    pub node_id: String,
+    /// Seconds between heartbeats.
+    pub heartbeat_secs: u32,
+    /// Seconds after its last heartbeat a node counts as dead.
+    pub node_ttl_secs: u32,
+    /// Forwards and filter changes waiting for the sender thread.
+    pub queue: usize,
+}
+
+/// This node's view of the cluster, shared by its shards.
+pub struct Cluster {
+    /// This node's id.
+    pub node_id: String,
+    /// Other nodes' filters: topic → mask of node indices.
+    pub routes: Routes,
+    nodes: Mutex<Nodes>,
+    tx: SyncSender<Out>,
+    inbox: Vec<Mutex<Vec<Inbound>>>,
+    wake: Box<dyn Fn(usize) + Send + Sync>,
+    /// Messages forwarded to other nodes (one per node).
+    pub forwarded: AtomicU64,
+    /// Messages received from other nodes.
+    pub received: AtomicU64,
+    /// Forwards dropped: queue full or Redis unreachable.
+    pub dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn channel_to(node: &str) -> String {
+    format!("shardmq:to:{node}")
+}
+
+fn filters_key(node: &str) -> String {
+    format!("shardmq:filters:{node}")
+}
+
+fn node_key(node: &str) -> String {
+    format!("shardmq:node:{node}")
+}
+
+const ROUTES: &str = "shardmq:routes";
+/// Hash of topic → retained message, cluster-wide.
+const RETAINED: &str = "shardmq:retained";
+/// Every retained publish, for every node ("node\nMESSAGE").
+const RETAINED_UPDATES: &str = "shardmq:retained-updates";
+
+/// Backoff between reconnection attempts.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((100u64 << attempt.min(6)).min(5_000))
+}
+
+impl Cluster {
+    /// Starts the two cluster threads. Redis need not be up yet: the node serves local
+    /// traffic and joins when it is. `wake(shard)` rings a shard's doorbell.
+    pub fn start(
+        o: Options,
+        shards: usize,
+        wake: Box<dyn Fn(usize) + Send + Sync>,
+    ) -> Result<Arc<Cluster>, String> {
+        let client = redis::Client::open(o.url.as_str())
+            .map_err(|e| format!("cluster.redis {:?}: {e}", o.url))?;
+        let (tx, rx) = sync_channel(o.queue.max(16));
+        let c = Arc::new(Cluster {
+            node_id: o.node_id.clone(),
+            routes: Routes::new(),
+            nodes: Mutex::new(Nodes::default()),
+            tx,
+            inbox: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
+            wake,
+            forwarded: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let (sender, receiver) = (c.clone(), c.clone());
+        let (o2, client2) = (o.clone(), client.clone());
+        std::thread::Builder::new()
+            .name("shardmq-cluster-tx".into())
+            .spawn(move || sender.send_loop(&client, &o, rx))
+            .map_err(|e| format!("cannot start the cluster thread: {e}"))?;
+        std::thread::Builder::new()
+            .name("shardmq-cluster-rx".into())
+            .spawn(move || receiver.receive_loop(&client2, &o2))
+            .map_err(|e| format!("cannot start the cluster thread: {e}"))?;
+        Ok(c)
+    }
+
+    /// A shard got its first (`add`) or lost its last subscriber to `filter`.
+    pub fn filter(&self, filter: &[u8], add: bool) {
+        // Blocking is not an option on a shard; a lost filter change would leave a route
+        // wrong until the next resynchronisation, so this one waits for room.
+        let _ = self.tx.send(Out::Filter(filter.to_vec(), add));
+    }
+
+    /// Forwards `msg` (published on this node) to every other node with a matching filter.
+    pub fn forward(&self, msg: &AppMessage) {
+        if msg.retain {
+            // Retained messages are cluster-wide state: one broadcast (every node delivers
+            // and keeps it), Redis keeps the master copy for nodes that start later.
+            let bytes = crate::store::codec::encode_message(msg, None);
+            let clear = msg.payload.is_empty();
+            if self
+                .tx
+                .try_send(Out::Retained(msg.topic.as_bytes().to_vec(), bytes, clear))
+                .is_err()
+            {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let nodes = self.routes.lookup(msg.topic.as_bytes());
+        if nodes == 0 {
+            return;
+        }
+        let bytes = crate::store::codec::encode_message(msg, None);
+        match self.tx.try_send(Out::Publish(nodes, bytes)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped
+                    .fetch_add(u64::from(nodes.count_ones()), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Hands a message from another node (or from Redis) to the shard that routes its topic.
+    fn to_shard(&self, msg: AppMessage, deliver: bool) {
+        // One shard per topic keeps a topic's messages in order.
+        let hash = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(msg.topic.as_bytes());
+        let shard = hash as usize % self.inbox.len().max(1);
+        if let Some(slot) = self.inbox.get(shard)
+            && let Ok(mut v) = slot.lock()
+        {
+            v.push(Inbound {
+                msg: Arc::new(msg),
+                deliver,
+            });
+        }
+        (self.wake)(shard);
+    }
+
+    /// The counters, for the metrics.
+    pub fn read(&self) -> crate::metrics::prometheus::ClusterRead {
+        let nodes = self.nodes.lock().map_or(0, |n| n.index.len() as u64);
+        crate::metrics::prometheus::ClusterRead {
+            nodes,
+            forwarded: self.forwarded.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Messages from other nodes waiting for shard `shard`.
+    pub fn take_inbox(&self, shard: usize) -> Vec<Inbound> {
+        self.inbox
+            .get(shard)
+            .and_then(|m| m.lock().ok().map(|mut v| std::mem::take(&mut *v)))
+            .unwrap_or_default()
+    }
+
+    /// Whether shard `shard` has messages from other nodes waiting.
+    pub fn has_inbox(&self, shard: usize) -> bool {
+        self.inbox
+            .get(shard)
+            .and_then(|m| m.lock().ok().map(|v| !v.is_empty()))
+            .unwrap_or(false)
+    }
+
+    fn send_loop(&self, client: &redis::Client, o: &Options, rx: Receiver<Out>) {
+        let heartbeat = Duration::from_secs(u64::from(o.heartbeat_secs.max(1)));
+        let mut local: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut con: Option<redis::Connection> = None;
+        let mut attempt = 0u32;
+        let mut next_try = Instant::now();
+        let mut next_beat = Instant::now();
+        loop {
+            if con.is_none() && Instant::now() >= next_try {
+                match client.get_connection_with_timeout(Duration::from_secs(1)) {
+                    Ok(mut c) => {
+                        if attempt > 0 {
+                            tracing::info!("cluster: Redis reachable again");
+                        }
+                        attempt = 0;
+                        // Announce this node and every filter it has (again).
+                        let ok = self.beat(&mut c, o).is_ok()
+                            && local.keys().all(|f| self.announce(&mut c, f, true).is_ok());
+                        if ok {
+                            con = Some(c);
+                        }
+                        next_beat = Instant::now() + heartbeat;
+                    }
+                    Err(e) => {
+                        if attempt == 0 {
+                            tracing::warn!(
+                                "cluster: Redis unreachable ({e}); serving local traffic, retrying"
+                            );
+                        }
+                        attempt += 1;
+                        next_try = Instant::now() + backoff(attempt);
+                    }
+                }
+            }
+            let wait = next_beat
+                .min(next_try.max(Instant::now()))
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(10));
+            let out = match rx.recv_timeout(if con.is_some() {
+                next_beat
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1))
+            } else {
+                wait
+            }) {
+                Ok(out) => Some(out),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut failed = false;
+            match out {
+                Some(Out::Filter(f, add)) => {
+                    let count = local.entry(f.clone()).or_insert(0);
+                    let announce = if add {
+                        *count += 1;
+                        *count == 1
+                    } else {
+                        *count = count.saturating_sub(1);
+                        *count == 0
+                    };
+                    if !add && *count == 0 {
+                        local.remove(&f);
+                    }
+                    if announce && let Some(c) = con.as_mut() {
+                        failed = self.announce(c, &f, add).is_err();
+                    }
+                }
+                Some(Out::Retained(topic, bytes, clear)) => {
+                    if let Some(c) = con.as_mut() {
+                        failed = self.retained(c, &topic, &bytes, clear).is_err();
+                    } else {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Some(Out::Publish(mask, bytes)) => match con.as_mut() {
+                    Some(c) => failed = self.publish(c, mask, &bytes).is_err(),
+                    None => {
+                        self.dropped
+                            .fetch_add(u64::from(mask.count_ones()), Ordering::Relaxed);
+                    }
+                },
+                None => {}
+            }
+            if let Some(c) = con.as_mut()
+                && !failed
+                && Instant::now() >= next_beat
+            {
+                failed = self.beat(c, o).is_err() || self.expire_dead(c).is_err();
+                next_beat = Instant::now() + heartbeat;
+            }
+            if failed {
+                tracing::warn!(
+                    "cluster: lost the Redis connection; serving local traffic, retrying"
+                );
+                con = None;
+                attempt = 1;
+                next_try = Instant::now() + backoff(attempt);
+            }
+        }
+    }
+
+    fn retained(
+        &self,
+        c: &mut redis::Connection,
+        topic: &[u8],
+        bytes: &[u8],
+        clear: bool,
+    ) -> redis::RedisResult<()> {
+        if clear {
+            c.hdel::<_, _, ()>(RETAINED, topic)?;
+        } else {
+            c.hset::<_, _, _, ()>(RETAINED, topic, bytes)?;
+        }
+        let mut note = Vec::with_capacity(self.node_id.len() + bytes.len() + 1);
+        note.extend_from_slice(self.node_id.as_bytes());
+        note.push(b'\n');
+        note.extend_from_slice(bytes);
+        c.publish::<_, _, ()>(RETAINED_UPDATES, note)?;
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn beat(&self, c: &mut redis::Connection, o: &Options) -> redis::RedisResult<()> {
+        c.set_ex::<_, _, ()>(
+            node_key(&self.node_id),
+            "up",
+            u64::from(o.node_ttl_secs.max(2)),
+        )
+    }
+
+    fn announce(&self, c: &mut redis::Connection, f: &[u8], add: bool) -> redis::RedisResult<()> {
+        if add {
+            c.sadd::<_, _, ()>(filters_key(&self.node_id), f)?;
+        } else {
+            c.srem::<_, _, ()>(filters_key(&self.node_id), f)?;
+        }
+        let mut note = Vec::with_capacity(self.node_id.len() + f.len() + 2);
+        note.push(if add { b'+' } else { b'-' });
+        note.extend_from_slice(self.node_id.as_bytes());
+        note.push(b'\n');
+        note.extend_from_slice(f);
+        c.publish::<_, _, ()>(ROUTES, note)
+    }
+
+    fn publish(
+        &self,
+        c: &mut redis::Connection,
+        mask: u64,
+        bytes: &[u8],
+    ) -> redis::RedisResult<()> {
+        let targets: Vec<String> = {
+            let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            (0..MAX_NODES)
+                .filter(|i| mask & (1u64 << i) != 0)
+                .filter_map(|i| nodes.ids.get(i).cloned().flatten())
+                .collect()
+        };
+        for t in targets {
+            c.publish::<_, _, ()>(channel_to(&t), bytes)?;
+            self.forwarded.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Drops the routes of nodes whose heartbeat key expired.
+    fn expire_dead(&self, c: &mut redis::Connection) -> redis::RedisResult<()> {
+        let known: Vec<String> = {
+            let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            nodes.index.keys().cloned().collect()
+        };
+        for id in known {
+            let alive: bool = c.exists(node_key(&id))?;
+            if !alive {
+                tracing::warn!(node = %id, "cluster: node stopped sending heartbeats; its routes are dropped");
+                self.drop_node(&id);
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_node(&self, id: &str) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = nodes.index.remove(id) {
+            for f in std::mem::take(&mut nodes.filters[i]) {
+                self.routes.remove(&f, i);
+            }
+            nodes.ids[i] = None;
+        }
+    }
+
+    fn set_route(&self, node: &str, f: &[u8], add: bool) {
+        if node == self.node_id {
+            return;
+        }
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match nodes.index.get(node) {
+            Some(&i) => i,
+            None if !add => return,
+            None => {
+                let Some(i) =
+                    (0..MAX_NODES).find(|&i| nodes.ids.get(i).is_none_or(|s| s.is_none()))
+                else {
+                    tracing::error!(
+                        node,
+                        "cluster: more than {MAX_NODES} nodes; this one is not routed to"
+                    );
+                    return;
+                };
+                if nodes.ids.len() <= i {
+                    nodes.ids.resize(i + 1, None);
+                    nodes.filters.resize_with(i + 1, HashSet::new);
+                }
+                nodes.ids[i] = Some(node.to_string());
+                nodes.index.insert(node.to_string(), i);
+                i
+            }
+        };
+        if add {
+            if nodes.filters[i].insert(f.to_vec()) {
+                self.routes.add(f, i);
+            }
+        } else if nodes.filters[i].remove(f) {
+            self.routes.remove(f, i);
+        }
+    }
+
+    /// Reloads every other live node's filters (after (re)subscribing).
+    fn resync(&self, client: &redis::Client) -> redis::RedisResult<()> {
+        let mut c = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        let keys: Vec<String> = c.keys("shardmq:node:*")?;
+        let live: HashSet<String> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix("shardmq:node:").map(str::to_string))
+            .collect();
+        let known: Vec<String> = {
+            let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            nodes.index.keys().cloned().collect()
+        };
+        for id in known {
+            self.drop_node(&id);
+        }
+        for id in live {
+            if id == self.node_id {
+                continue;
+            }
+            let filters: Vec<Vec<u8>> = c.smembers(filters_key(&id))?;
+            for f in filters {
+                self.set_route(&id, &f, true);
+            }
+        }
+        let retained: Vec<(Vec<u8>, Vec<u8>)> = c.hgetall(RETAINED)?;
+        for (_, value) in retained {
+            if let Ok((m, _)) = crate::store::codec::decode_message(&value) {
+                self.to_shard(m, false);
+            }
+        }
+        Ok(())
+    }
+
+    fn receive_loop(&self, client: &redis::Client, _o: &Options) {
+        let mine = channel_to(&self.node_id);
+        let mut attempt = 0u32;
+        loop {
+            let mut con = match client.get_connection_with_timeout(Duration::from_secs(1)) {
+                Ok(c) => c,
+                Err(_) => {
+                    attempt += 1;
+                    std::thread::sleep(backoff(attempt));
+                    continue;
+                }
+            };
+            let mut ps = con.as_pubsub();
+            if ps
+                .subscribe(&[ROUTES, RETAINED_UPDATES, mine.as_str()])
+                .is_err()
+            {
+                attempt += 1;
+                std::thread::sleep(backoff(attempt));
+                continue;
+            }
+            // Subscribed first, then loaded: no route change falls between the two.
+            if self.resync(client).is_err() {
+                attempt += 1;
+                std::thread::sleep(backoff(attempt));
+                continue;
+            }
+            loop {
+                let msg = match ps.get_message() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                };
+                let payload = msg.get_payload_bytes();
+                if msg.get_channel_name() == ROUTES {
+                    let Some((&sign, rest)) = payload.split_first() else {
+                        continue;
+                    };
+                    let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+                        continue;
+                    };
+                    let node = String::from_utf8_lossy(&rest[..nl]);
+                    self.set_route(&node, &rest[nl + 1..], sign == b'+');
+                    continue;
+                }
+                let payload = if msg.get_channel_name() == RETAINED_UPDATES {
+                    let Some(nl) = payload.iter().position(|&b| b == b'\n') else {
+                        continue;
+                    };
+                    if &payload[..nl] == self.node_id.as_bytes() {
+                        continue;
+                    }
+                    &payload[nl + 1..]
+                } else {
+                    payload
+                };
+                let Ok((m, _)) = crate::store::codec::decode_message(payload) else {
+                    continue;
+                };
+                self.received.fetch_add(1, Ordering::Relaxed);
+                self.to_shard(m, true);
+            }
+            tracing::warn!("cluster: lost the Redis subscription; retrying");
+            attempt = 1;
+            std::thread::sleep(backoff(attempt));
+        }
+    }
+}
