@@ -345,3 +345,27 @@ fn a_node_that_dies_has_its_routes_expire() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_client_id_connecting_to_another_node_takes_over() {
+    let redis = Redis::start(free_port());
+    let (a, b) = (node(&redis), node(&redis));
+    let v = Version::V5;
+    let mut first = Raw::connect(a.addr, v);
+    first.send(&connect_packet(v, "mover", true, 30));
+    assert!(matches!(first.recv(), Some(Packet::ConnAck(_))));
+    // The claim reaches Redis before the second connection's (both are in order per node,
+    // not across nodes): give it a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = Raw::connect(b.addr, v);
+    second.send(&connect_packet(v, "mover", true, 30));
+    assert!(matches!(second.recv(), Some(Packet::ConnAck(_))));
+    let seen = first.expect_closed();
+    assert!(
+        matches!(&seen[..], [Packet::Disconnect(d)] if d.reason == shardmq::protocol::ReasonCode::SESSION_TAKEN_OVER),
+        "{seen:?}"
+    );
+    // The new connection stays.
+    second.send(&Packet::PingReq);
+    assert!(matches!(second.recv(), Some(Packet::PingResp)));
+}

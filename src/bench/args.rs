@@ -76,6 +76,14 @@ pub struct BenchArgs {
     #[arg(long, short = 'p', default_value_t = 1883)]
     pub port: u16,
 
+    /// Subscribers connect here instead (e.g. another node of a cluster); default: --host.
+    #[arg(long, value_name = "HOST")]
+    pub sub_host: Option<String>,
+
+    /// Subscribers connect here instead (e.g. another node of a cluster); default: --port.
+    #[arg(long, value_name = "PORT")]
+    pub sub_port: Option<u16>,
+
     /// How clients reach the broker: tcp (plain MQTT) or ws (MQTT over WebSocket: an HTTP
     /// upgrade to --ws-path, then binary frames; point --port at the broker's `[websocket]`
     /// listener, e.g. 8083).
@@ -415,6 +423,27 @@ mod tests {
             t(&["pairs", "--transport", "ws", "--ws-path", "/ws"]),
             (Transport::Ws, "/ws".into())
         );
+    }
+
+    #[test]
+    fn subscribers_may_connect_elsewhere() {
+        let t = |args: &[&str]| {
+            T::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+                .map(|t| (t.a.host, t.a.port, t.a.sub_host, t.a.sub_port))
+                .unwrap()
+        };
+        assert_eq!(t(&["pairs"]), ("127.0.0.1".into(), 1883, None, None));
+        assert_eq!(
+            t(&["pairs", "-p", "1883", "--sub-port", "1884"]),
+            ("127.0.0.1".into(), 1883, None, Some(1884))
+        );
+        assert_eq!(
+            t(&["fanin", "--sub-host", "node-b", "--sub-port", "2883"]),
+            ("127.0.0.1".into(), 1883, Some("node-b".into()), Some(2883))
+        );
+        assert!(plan(&["pairs", "--sub-port", "1884"]).is_ok());
+        let e = plan(&["pairs", "--sub-port", "70000"]).unwrap_err();
+        assert!(e.contains("70000"), "{e}");
     }
 
     #[test]

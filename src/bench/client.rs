@@ -154,7 +154,11 @@ impl Run {
 /// Where and how bench clients connect.
 #[derive(Debug)]
 pub struct Target {
+    /// Publishers and idle connections connect here (--host / --port).
     pub addr: SocketAddr,
+    /// Subscribers connect here (--sub-host / --sub-port; `addr` unless given), e.g. another
+    /// node of a cluster.
+    pub sub_addr: SocketAddr,
     pub sources: Vec<IpAddr>,
     pub version: Version,
     pub keep_alive: u16,
@@ -168,6 +172,31 @@ pub struct Target {
     pub ws_path: String,
     /// The upgrade's Host header: the broker's name (or address) and port (WebSocket).
     pub http_host: String,
+    /// The same for `sub_addr`.
+    pub sub_http_host: String,
+}
+
+/// What a client is, which picks the address it connects to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Publisher,
+    Subscriber,
+    Idle,
+}
+
+impl Target {
+    /// The address `role` connects to, and its WebSocket Host header.
+    fn endpoint(&self, role: Role) -> (SocketAddr, &str) {
+        match role {
+            Role::Subscriber => (self.sub_addr, &self.sub_http_host),
+            Role::Publisher | Role::Idle => (self.addr, &self.http_host),
+        }
+    }
+
+    /// Whether subscribers connect somewhere else than publishers.
+    pub fn split(&self) -> bool {
+        self.sub_addr != self.addr
+    }
 }
 
 /// What one bench thread's tasks share.
@@ -201,19 +230,19 @@ async fn send(link: &mut Link, bytes: BytesMut) -> Result<()> {
     link.send(bytes).await.0
 }
 
-async fn tcp_connect(t: &Target, n: usize) -> std::io::Result<TcpStream> {
+async fn tcp_connect(t: &Target, addr: SocketAddr, n: usize) -> std::io::Result<TcpStream> {
     if t.sources.is_empty() {
-        return TcpStream::connect(t.addr).await;
+        return TcpStream::connect(addr).await;
     }
     let src = t.sources[n % t.sources.len()];
     let sock = socket2::Socket::new(
-        socket2::Domain::for_address(t.addr),
+        socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         None,
     )?;
     sock.set_nonblocking(true)?;
     sock.bind(&SocketAddr::new(src, 0).into())?;
-    match sock.connect(&t.addr.into()) {
+    match sock.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
@@ -223,17 +252,24 @@ async fn tcp_connect(t: &Target, n: usize) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// Opens a connection and completes the MQTT handshake; `n` picks the source address.
-pub async fn open(t: &Target, n: usize, client_id: &str) -> Result<(Link, BytesMut, ConnAck)> {
-    let stream = tcp_connect(t, n)
+/// Opens a connection to `role`'s address and completes the MQTT handshake; `n` picks the
+/// source address.
+pub async fn open(
+    t: &Target,
+    role: Role,
+    n: usize,
+    client_id: &str,
+) -> Result<(Link, BytesMut, ConnAck)> {
+    let (addr, http_host) = t.endpoint(role);
+    let stream = tcp_connect(t, addr, n)
         .await
-        .map_err(|e| format!("connect to {}: {e}", t.addr))?;
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut link = match t.transport {
         Transport::Tcp => Link::tcp(stream),
         Transport::Ws => {
-            let to = format!("{}{}", t.addr, t.ws_path);
-            Link::websocket(stream, &t.http_host, &t.ws_path, &to).await?
+            let to = format!("{addr}{}", t.ws_path);
+            Link::websocket(stream, http_host, &t.ws_path, &to).await?
         }
     };
     let mut connect = Packet::Connect(Box::new(Connect {
@@ -297,7 +333,7 @@ async fn subscribe_and_receive(
     let (run, plan) = (&*local.run, &*local.plan);
     let version = local.target.version;
     let id = format!("{}-s{}", plan.id_prefix, sp.id);
-    let (mut link, mut buf, _) = open(&local.target, sp.id, &id).await?;
+    let (mut link, mut buf, _) = open(&local.target, Role::Subscriber, sp.id, &id).await?;
     local.fds.borrow_mut().push(link.fd());
     let filter = TopicFilter::new(Bytes::copy_from_slice(sp.filter.as_bytes()))
         .map_err(|e| format!("filter {}: {e}", sp.filter))?;
@@ -447,7 +483,8 @@ async fn publish(local: &Rc<Local>, pp: &PubPlan) -> Result<()> {
     let (run, plan) = (&*local.run, &*local.plan);
     let ps = &run.pubs[pp.id as usize];
     let id = format!("{}-p{}", plan.id_prefix, pp.id);
-    let (link, _, connack) = open(&local.target, plan.subs.len() + pp.id as usize, &id).await?;
+    let n = plan.subs.len() + pp.id as usize;
+    let (link, _, connack) = open(&local.target, Role::Publisher, n, &id).await?;
     local.fds.borrow_mut().push(link.fd());
     let qos1 = plan.qos != QoS::AtMostOnce;
     let window = if qos1 {
@@ -652,7 +689,7 @@ async fn read_acks(local: Rc<Local>, id: u32, mut rd: LinkRead, shared: Rc<PubLo
 pub async fn idle(local: Rc<Local>, n: usize) {
     let id = format!("{}-c{n}", local.plan.id_prefix);
     let t0 = Instant::now();
-    match open(&local.target, n, &id).await {
+    match open(&local.target, Role::Idle, n, &id).await {
         Ok((link, _, _)) => {
             local
                 .hist

@@ -29,7 +29,7 @@ mod report;
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -51,6 +51,13 @@ use crate::shard::spawn::run_on_runtime;
 
 /// Longest wait for every client to connect and subscribe before traffic starts.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The pause between every subscriber's SUBACK and the first publish when subscribers connect
+/// to another address than publishers (--sub-host / --sub-port). In a cluster a SUBACK only
+/// means the subscriber's own node has the subscription: the route still has to reach the
+/// publishers' node (through Redis), which takes a few ms; publishing before it arrives
+/// would lose the first messages. Anything later than that falls in the warm-up, which is
+/// not measured.
+const SUB_SETTLE: Duration = Duration::from_millis(300);
 /// Longest wait for messages in flight after the publishers stop.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The drain ends early once nothing has arrived for this long (a loaded machine can stall
@@ -67,21 +74,28 @@ pub fn main(args: &BenchArgs) -> i32 {
             return 2;
         }
     };
-    let addr = match (args.host.as_str(), args.port).to_socket_addrs() {
-        Ok(mut a) => match a.next() {
-            Some(a) => a,
-            None => {
-                eprintln!("shardmq bench: --host {}: no address", args.host);
-                return 2;
-            }
-        },
+    let addr = match resolve("--host", &args.host, args.port) {
+        Ok(a) => a,
         Err(e) => {
-            eprintln!("shardmq bench: --host {}: {e}", args.host);
+            eprintln!("shardmq bench: {e}");
             return 2;
         }
     };
+    let sub_host = args.sub_host.as_deref().unwrap_or(&args.host);
+    let sub_port = args.sub_port.unwrap_or(args.port);
+    let sub_addr = match &args.sub_host {
+        None => SocketAddr::new(addr.ip(), sub_port),
+        Some(h) => match resolve("--sub-host", h, sub_port) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("shardmq bench: {e}");
+                return 2;
+            }
+        },
+    };
     let target = Target {
         addr,
+        sub_addr,
         sources: args.source.clone(),
         version: plan.version,
         keep_alive: args.keepalive,
@@ -90,11 +104,8 @@ pub fn main(args: &BenchArgs) -> i32 {
         password: args.password.clone(),
         transport: args.transport,
         ws_path: args.ws_path.clone(),
-        http_host: if args.host.contains(':') && !args.host.starts_with('[') {
-            format!("[{}]:{}", args.host, args.port)
-        } else {
-            format!("{}:{}", args.host, args.port)
-        },
+        http_host: http_host(&args.host, args.port),
+        sub_http_host: http_host(sub_host, sub_port),
     };
     let coordinator = Coordinator {
         broker_pid: args.broker_pid,
@@ -112,6 +123,23 @@ pub fn main(args: &BenchArgs) -> i32 {
             eprintln!("shardmq bench: {e}");
             1
         }
+    }
+}
+
+/// The first address `host` and `port` resolve to; `flag` names the host in the error.
+fn resolve(flag: &str, host: &str, port: u16) -> Result<SocketAddr, String> {
+    match (host, port).to_socket_addrs() {
+        Ok(mut a) => a.next().ok_or_else(|| format!("{flag} {host}: no address")),
+        Err(e) => Err(format!("{flag} {host}: {e}")),
+    }
+}
+
+/// A WebSocket upgrade's Host header for `host` and `port` (an IPv6 address in brackets).
+fn http_host(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -321,8 +349,13 @@ impl Coordinator {
                 Transport::Tcp => String::new(),
                 Transport::Ws => format!(" over WebSocket {}", target.ws_path),
             };
+            let subs_at = if target.split() && plan.scenario != Scenario::Conn {
+                format!(" (subscribers against {})", target.sub_addr)
+            } else {
+                String::new()
+            };
             eprintln!(
-                "shardmq bench {:?} against {}{over}: {} clients on {} threads",
+                "shardmq bench {:?} against {}{subs_at}{over}: {} clients on {} threads",
                 plan.scenario, target.addr, clients, plan.threads
             );
         }
@@ -338,7 +371,7 @@ impl Coordinator {
         let result = if plan.scenario == Scenario::Conn {
             self.conn(&plan, &run)
         } else {
-            self.messages(&plan, &run)
+            self.messages(&plan, &run, &target)
         };
         run.set_phase(phase::DONE);
         let outs: Vec<ThreadOut> = threads
@@ -372,6 +405,8 @@ impl Coordinator {
         Report {
             scenario: plan.scenario,
             transport: plan.transport,
+            sub_addr: None,
+            pub_addr: String::new(),
             mqtt: match plan.version {
                 Version::V3_1 => "3.1",
                 Version::V3_1_1 => "3.1.1",
@@ -429,8 +464,14 @@ impl Coordinator {
         Ok(())
     }
 
-    fn messages(&self, plan: &Plan, run: &Run) -> Result<Report, String> {
+    fn messages(&self, plan: &Plan, run: &Run, target: &Target) -> Result<Report, String> {
         self.setup(plan, run)?;
+        if target.split() {
+            // Every subscriber has its SUBACK from its own broker; in a cluster the route
+            // still has to reach the publishers' node (through Redis, a few ms). Give it time
+            // before the first publish; the warm-up absorbs anything slower.
+            std::thread::sleep(SUB_SETTLE);
+        }
         run.set_phase(phase::WARMUP);
         if !self.warmup.is_zero() {
             self.watch(run, "warm-up", self.warmup, |_| false);
@@ -466,6 +507,8 @@ impl Coordinator {
         }
         let secs = (b.at - a.at).as_secs_f64();
         let mut r = self.base_report(plan);
+        r.sub_addr = target.split().then(|| target.sub_addr.to_string());
+        r.pub_addr = target.addr.to_string();
         r.msgs_per_s = (b.received - a.received) as f64 / secs;
         r.published_per_s = (b.sent - a.sent) as f64 / secs;
         r.client_cpu_cores = (b.own_cpu - a.own_cpu).as_secs_f64() / secs;

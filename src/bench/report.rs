@@ -51,6 +51,13 @@ pub struct Report {
     pub scenario: Scenario,
     /// `tcp` or `ws` (MQTT over WebSocket).
     pub transport: Transport,
+    /// Where the subscribers connected when not where the publishers did (--sub-host /
+    /// --sub-port); absent from the JSON otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub_addr: Option<String>,
+    /// Where the publishers connected (for the summary; the JSON has only `sub_addr`).
+    #[serde(skip)]
+    pub pub_addr: String,
     pub mqtt: String,
     pub qos: u8,
     pub payload: usize,
@@ -159,6 +166,13 @@ impl Report {
                 self.warmup_s,
                 self.threads
             );
+            if let Some(a) = &self.sub_addr {
+                let _ = writeln!(
+                    s,
+                    "  addresses   subscribers at {a}, publishers at {}",
+                    self.pub_addr
+                );
+            }
             let _ = writeln!(
                 s,
                 "  delivered   {}msg/s   (published {}msg/s)",

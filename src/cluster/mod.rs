@@ -35,6 +35,9 @@ use redis::Commands;
 use crate::index::Routes;
 use crate::protocol::session::{AppMessage, Message};
 
+/// Forwards sent to Redis in one pipelined round trip, at most.
+const MAX_PIPELINE: u64 = 1024;
+
 /// Most nodes a node forwards to (the route masks are 64 bits).
 pub const MAX_NODES: usize = 64;
 
@@ -44,18 +47,23 @@ enum Out {
     Filter(Vec<u8>, bool),
     /// Forward an encoded message to the nodes in the mask.
     Publish(u64, Vec<u8>),
+    /// A client with this id connected here: claim it in Redis, kick it off its old node.
+    Claim(Vec<u8>),
     /// A retained message (topic, the message): kept in (or, empty, cleared from) Redis and
     /// broadcast to every node, which delivers and keeps it.
     Retained(Vec<u8>, Vec<u8>, bool),
 }
 
-/// A message from another node, for a shard.
+/// What another node (or Redis) hands a shard.
 #[derive(Debug)]
-pub struct Inbound {
-    /// The message.
-    pub msg: Message,
-    /// Deliver it (a publish) or only keep it as retained (loaded from Redis).
-    pub deliver: bool,
+pub enum Inbound {
+    /// A message to deliver to this node's subscribers.
+    Publish(Message),
+    /// A retained message to keep, delivering nothing (loaded from Redis).
+    Retain(Message),
+    /// A client with this id connected to another node: disconnect it here (0x8E) and end
+    /// its session.
+    Kick(crate::protocol::Str),
 }
 
 /// The other nodes this node knows, by route index.
@@ -122,6 +130,12 @@ fn node_key(node: &str) -> String {
 const ROUTES: &str = "shardmq:routes";
 /// Hash of topic → retained message, cluster-wide.
 const RETAINED: &str = "shardmq:retained";
+/// How long Redis remembers which node a client id is on (refreshed at each connect).
+const CLAIM_TTL_SECS: u64 = 7 * 24 * 3600;
+/// First byte of a message on a node's channel: a forwarded message ...
+const KIND_MESSAGE: u8 = b'M';
+/// ... or a client id to disconnect.
+const KIND_KICK: u8 = b'K';
 /// Every retained publish, for every node ("node\nMESSAGE").
 const RETAINED_UPDATES: &str = "shardmq:retained-updates";
 
@@ -207,15 +221,32 @@ impl Cluster {
         // One shard per topic keeps a topic's messages in order.
         let hash = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(msg.topic.as_bytes());
         let shard = hash as usize % self.inbox.len().max(1);
+        let msg = Arc::new(msg);
+        self.push(
+            shard,
+            if deliver {
+                Inbound::Publish(msg)
+            } else {
+                Inbound::Retain(msg)
+            },
+        );
+    }
+
+    fn push(&self, shard: usize, item: Inbound) {
         if let Some(slot) = self.inbox.get(shard)
             && let Ok(mut v) = slot.lock()
         {
-            v.push(Inbound {
-                msg: Arc::new(msg),
-                deliver,
-            });
+            v.push(item);
         }
         (self.wake)(shard);
+    }
+
+    /// A client connected to this node with `client_id`: the cluster-wide registry records
+    /// it, and the node it was on before (if another) disconnects it.
+    pub fn claim(&self, client_id: &[u8]) {
+        if self.tx.try_send(Out::Claim(client_id.to_vec())).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The counters, for the metrics.
@@ -248,6 +279,7 @@ impl Cluster {
     fn send_loop(&self, client: &redis::Client, o: &Options, rx: Receiver<Out>) {
         let heartbeat = Duration::from_secs(u64::from(o.heartbeat_secs.max(1)));
         let mut local: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut carry: Option<Out> = None;
         let mut con: Option<redis::Connection> = None;
         let mut attempt = 0u32;
         let mut next_try = Instant::now();
@@ -283,12 +315,14 @@ impl Cluster {
                 .min(next_try.max(Instant::now()))
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(10));
-            let out = match rx.recv_timeout(if con.is_some() {
-                next_beat
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(1))
-            } else {
-                wait
+            let out = match carry.take().map(Ok).unwrap_or_else(|| {
+                rx.recv_timeout(if con.is_some() {
+                    next_beat
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1))
+                } else {
+                    wait
+                })
             }) {
                 Ok(out) => Some(out),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -319,8 +353,33 @@ impl Cluster {
                         self.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                Some(Out::Claim(id)) => {
+                    if let Some(c) = con.as_mut() {
+                        failed = self.claim_in_redis(c, &id).is_err();
+                    }
+                }
                 Some(Out::Publish(mask, bytes)) => match con.as_mut() {
-                    Some(c) => failed = self.publish(c, mask, &bytes).is_err(),
+                    Some(c) => {
+                        // One round trip for every forward queued meanwhile (pipelined).
+                        let mut pipe = redis::pipe();
+                        let mut sent = self.add_publish(&mut pipe, mask, &bytes);
+                        while sent < MAX_PIPELINE {
+                            match rx.try_recv() {
+                                Ok(Out::Publish(m, b)) => {
+                                    sent += self.add_publish(&mut pipe, m, &b)
+                                }
+                                Ok(other) => {
+                                    carry = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        failed = pipe.query::<()>(c).is_err();
+                        if !failed {
+                            self.forwarded.fetch_add(sent, Ordering::Relaxed);
+                        }
+                    }
                     None => {
                         self.dropped
                             .fetch_add(u64::from(mask.count_ones()), Ordering::Relaxed);
@@ -367,6 +426,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// `SET shardmq:client:{id} NODE GET`: the previous owner, if another node, is told to
+    /// let the client go.
+    fn claim_in_redis(&self, c: &mut redis::Connection, id: &[u8]) -> redis::RedisResult<()> {
+        let mut key = b"shardmq:client:".to_vec();
+        key.extend_from_slice(id);
+        let before: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&self.node_id)
+            .arg("EX")
+            .arg(CLAIM_TTL_SECS)
+            .arg("GET")
+            .query(c)?;
+        if let Some(old) = before.filter(|o| *o != self.node_id) {
+            let mut note = vec![KIND_KICK];
+            note.extend_from_slice(id);
+            c.publish::<_, _, ()>(channel_to(&old), note)?;
+        }
+        Ok(())
+    }
+
     fn beat(&self, c: &mut redis::Connection, o: &Options) -> redis::RedisResult<()> {
         c.set_ex::<_, _, ()>(
             node_key(&self.node_id),
@@ -389,12 +468,8 @@ impl Cluster {
         c.publish::<_, _, ()>(ROUTES, note)
     }
 
-    fn publish(
-        &self,
-        c: &mut redis::Connection,
-        mask: u64,
-        bytes: &[u8],
-    ) -> redis::RedisResult<()> {
+    /// Adds the forwards of one message to `pipe`; returns how many.
+    fn add_publish(&self, pipe: &mut redis::Pipeline, mask: u64, bytes: &[u8]) -> u64 {
         let targets: Vec<String> = {
             let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
             (0..MAX_NODES)
@@ -402,11 +477,13 @@ impl Cluster {
                 .filter_map(|i| nodes.ids.get(i).cloned().flatten())
                 .collect()
         };
-        for t in targets {
-            c.publish::<_, _, ()>(channel_to(&t), bytes)?;
-            self.forwarded.fetch_add(1, Ordering::Relaxed);
+        let mut framed = Vec::with_capacity(bytes.len() + 1);
+        framed.push(KIND_MESSAGE);
+        framed.extend_from_slice(bytes);
+        for t in &targets {
+            pipe.publish(channel_to(t), &framed).ignore();
         }
-        Ok(())
+        targets.len() as u64
     }
 
     /// Drops the routes of nodes whose heartbeat key expired.
@@ -557,7 +634,22 @@ impl Cluster {
                     }
                     &payload[nl + 1..]
                 } else {
-                    payload
+                    match payload.split_first() {
+                        Some((&KIND_MESSAGE, rest)) => rest,
+                        Some((&KIND_KICK, id)) => {
+                            if let Ok(id) =
+                                crate::protocol::Str::new(bytes::Bytes::copy_from_slice(id))
+                            {
+                                let shard = crate::shard::state::directory_shard(
+                                    &id,
+                                    self.inbox.len().max(1),
+                                );
+                                self.push(shard, Inbound::Kick(id));
+                            }
+                            continue;
+                        }
+                        _ => continue,
+                    }
                 };
                 let Ok((m, _)) = crate::store::codec::decode_message(payload) else {
                     continue;

@@ -194,6 +194,10 @@ fn add_drops(
     to.too_large += d.too_large;
 }
 
+/// The token of a takeover by a connection on another node (no pending connection has it,
+/// so the handoff that answers it is dropped).
+const REMOTE_TOKEN: u64 = u64::MAX;
+
 /// Topics of the broker's own status messages.
 const SYS_PREFIX: &[u8] = b"$SYS/";
 
@@ -695,10 +699,10 @@ impl Shard {
         };
         let from_nodes_count = from_nodes.len();
         for i in from_nodes {
-            if i.deliver {
-                self.route_from_cluster(i.msg);
-            } else {
-                self.retain_from_cluster(i.msg);
+            match i {
+                crate::cluster::Inbound::Publish(m) => self.route_from_cluster(m),
+                crate::cluster::Inbound::Retain(m) => self.retain_from_cluster(m),
+                crate::cluster::Inbound::Kick(id) => self.kick_for_cluster(id),
             }
         }
         let mut inbox = std::mem::take(&mut self.inbox);
@@ -1226,6 +1230,26 @@ impl Shard {
     /// be durable (see `shard::durability`).
     fn route_with(&mut self, msg: Message, wait: bool) -> bool {
         self.route_here(msg, wait, true)
+    }
+
+    /// The client `client_id` connected to another node: its connection here (if any) is
+    /// closed with 0x8E Session taken over and its session ended. Runs on the client id's
+    /// directory shard, which sends the owner shard a takeover no connection waits for.
+    fn kick_for_cluster(&mut self, client_id: Str) {
+        let Some((owner, old_token)) = self.directory.remove(&client_id) else {
+            return;
+        };
+        tracing::info!(client_id = %client_id.as_str(), "client connected to another node: taken over");
+        self.send(
+            owner,
+            Envelope::Takeover {
+                client_id,
+                shard: self.id,
+                token: REMOTE_TOKEN,
+                old_token,
+                clean: true,
+            },
+        );
     }
 
     /// Keeps a retained message loaded from the cluster, on every shard, delivering nothing.
