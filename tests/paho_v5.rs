@@ -9,10 +9,9 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Broker;
 
@@ -50,47 +49,13 @@ fn require_paho() {
 
 /// Runs `tests/paho/NAME` against a broker, returning its exit status and output.
 fn run_script(name: &str, b: &Broker) -> (Option<i32>, String) {
-    let mut child = Command::new("python3")
-        .arg(script(name))
+    let mut cmd = Command::new("python3");
+    cmd.arg(script(name))
         .arg(b.port().to_string())
         // No __pycache__ left in the source tree.
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start python3");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + SCRIPT_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let output = format!(
-        "--- stdout\n{}--- stderr\n{}",
-        out.join().unwrap_or_default(),
-        err.join().unwrap_or_default()
-    );
-    (status, output)
+        .env("PYTHONUNBUFFERED", "1");
+    common::run_bounded(cmd, SCRIPT_LIMIT)
 }
 
 /// Runs one script against a one-shard and a three-shard broker, side by side.

@@ -16,9 +16,9 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use common::{Broker, Raw, WAIT, connect_packet, temp_dir};
@@ -482,40 +482,30 @@ fn secure_websocket_carries_mqtt_over_tls() {
 /// Longer than any script's own watchdog, so a script reports its own timeout.
 const SCRIPT_LIMIT: Duration = Duration::from_secs(90);
 
-/// Runs `program args`, bounded by [`SCRIPT_LIMIT`]; panics with its output unless it exits 0.
+/// Runs `program args` from the repository root, bounded by [`SCRIPT_LIMIT`]; panics with its
+/// output unless it exits 0.
 fn run(program: &str, args: &[&str]) {
-    let mut child = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("{program} not found ({e}); run scripts/test.sh, which installs it")
-        });
-    let deadline = Instant::now() + SCRIPT_LIMIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut out = String::new();
-    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
-    let _ = child.stderr.take().unwrap().read_to_string(&mut out);
+        .env("PYTHONUNBUFFERED", "1");
+    let (status, out) = common::run_bounded(cmd, SCRIPT_LIMIT);
     println!("{out}");
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{program} {args:?} failed ({status:?}):\n{out}"
-    );
+    assert_eq!(status, Some(0), "{program} {args:?} failed:\n{out}");
+}
+
+/// Runs the Node script `tests/websocket/NAME` against a broker made for the independent
+/// clients.
+fn run_node(name: &str) {
+    require_node_modules();
+    let (b, ws, dir) = client_broker();
+    let ws = format!("ws://127.0.0.1:{ws}/mqtt");
+    let tcp = format!("mqtt://127.0.0.1:{}", b.port());
+    let script = format!("tests/websocket/{name}");
+    run("node", &[&script, "--ws-url", &ws, "--tcp-url", &tcp]);
+    drop(b);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Fails with what to do when the npm packages are not installed.
@@ -555,44 +545,14 @@ fn paho_over_websocket() {
 
 #[test]
 fn mqtt_js_under_node_over_websocket() {
-    require_node_modules();
-    let (b, ws, dir) = client_broker();
-    let ws = format!("ws://127.0.0.1:{ws}/mqtt");
-    let tcp = format!("mqtt://127.0.0.1:{}", b.port());
-    run(
-        "node",
-        &[
-            "tests/websocket/mqttjs.mjs",
-            "--ws-url",
-            &ws,
-            "--tcp-url",
-            &tcp,
-        ],
-    );
-    drop(b);
-    let _ = std::fs::remove_dir_all(dir);
+    run_node("mqttjs.mjs");
 }
 
 #[test]
 fn mqtt_js_in_headless_chromium_shows_a_message_from_a_tcp_client() {
-    require_node_modules();
     assert!(
         Path::new("/usr/bin/chromium").exists(),
         "/usr/bin/chromium is missing: run scripts/test.sh (apt-get install -y chromium)"
     );
-    let (b, ws, dir) = client_broker();
-    let ws = format!("ws://127.0.0.1:{ws}/mqtt");
-    let tcp = format!("mqtt://127.0.0.1:{}", b.port());
-    run(
-        "node",
-        &[
-            "tests/websocket/browser.mjs",
-            "--ws-url",
-            &ws,
-            "--tcp-url",
-            &tcp,
-        ],
-    );
-    drop(b);
-    let _ = std::fs::remove_dir_all(dir);
+    run_node("browser.mjs");
 }

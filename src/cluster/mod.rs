@@ -43,8 +43,8 @@ pub const MAX_NODES: usize = 64;
 
 /// What a shard asks the sender thread to do.
 enum Out {
-    /// A shard got its first (true) or lost its last (false) subscriber to a filter.
-    Filter(Vec<u8>, bool),
+    /// Filter changes are waiting in [`Cluster::filters`].
+    Wake,
     /// Forward an encoded message to the nodes in the mask.
     Publish(u64, Vec<u8>),
     /// A client with this id connected here: claim it in Redis, kick it off its old node.
@@ -97,6 +97,10 @@ pub struct Cluster {
     pub routes: Routes,
     nodes: Mutex<Nodes>,
     tx: SyncSender<Out>,
+    /// Filter changes (first subscriber: true, last one gone: false) for the sender thread,
+    /// apart from the bounded queue so that a shard never waits and none is lost; the sender
+    /// takes them all every turn.
+    filters: Mutex<Vec<(Vec<u8>, bool)>>,
     inbox: Vec<Mutex<Vec<Inbound>>>,
     wake: Box<dyn Fn(usize) + Send + Sync>,
     /// Messages forwarded to other nodes (one per node).
@@ -160,6 +164,7 @@ impl Cluster {
             routes: Routes::new(),
             nodes: Mutex::new(Nodes::default()),
             tx,
+            filters: Mutex::new(Vec::new()),
             inbox: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
             wake,
             forwarded: AtomicU64::new(0),
@@ -181,9 +186,11 @@ impl Cluster {
 
     /// A shard got its first (`add`) or lost its last subscriber to `filter`.
     pub fn filter(&self, filter: &[u8], add: bool) {
-        // Blocking is not an option on a shard; a lost filter change would leave a route
-        // wrong until the next resynchronisation, so this one waits for room.
-        let _ = self.tx.send(Out::Filter(filter.to_vec(), add));
+        if let Ok(mut f) = self.filters.lock() {
+            f.push((filter.to_vec(), add));
+        }
+        // A full queue means the sender is busy and takes the filters on its next turn.
+        let _ = self.tx.try_send(Out::Wake);
     }
 
     /// Forwards `msg` (published on this node) to every other node with a matching filter.
@@ -311,41 +318,47 @@ impl Cluster {
                     }
                 }
             }
-            let wait = next_beat
-                .min(next_try.max(Instant::now()))
+            let until = if con.is_some() {
+                next_beat
+            } else {
+                next_try.min(next_beat)
+            };
+            let wait = until
                 .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(10));
-            let out = match carry.take().map(Ok).unwrap_or_else(|| {
-                rx.recv_timeout(if con.is_some() {
-                    next_beat
-                        .saturating_duration_since(Instant::now())
-                        .max(Duration::from_millis(1))
-                } else {
-                    wait
-                })
-            }) {
+                .max(Duration::from_millis(1));
+            let out = match carry
+                .take()
+                .map(Ok)
+                .unwrap_or_else(|| rx.recv_timeout(wait))
+            {
                 Ok(out) => Some(out),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             let mut failed = false;
-            match out {
-                Some(Out::Filter(f, add)) => {
-                    let count = local.entry(f.clone()).or_insert(0);
-                    let announce = if add {
-                        *count += 1;
-                        *count == 1
-                    } else {
-                        *count = count.saturating_sub(1);
-                        *count == 0
-                    };
-                    if !add && *count == 0 {
-                        local.remove(&f);
-                    }
-                    if announce && let Some(c) = con.as_mut() {
-                        failed = self.announce(c, &f, add).is_err();
-                    }
+            let changes =
+                std::mem::take(&mut *self.filters.lock().unwrap_or_else(|e| e.into_inner()));
+            for (f, add) in changes {
+                let count = local.entry(f.clone()).or_insert(0);
+                let announce = if add {
+                    *count += 1;
+                    *count == 1
+                } else {
+                    *count = count.saturating_sub(1);
+                    *count == 0
+                };
+                if !add && *count == 0 {
+                    local.remove(&f);
                 }
+                if announce
+                    && !failed
+                    && let Some(c) = con.as_mut()
+                {
+                    failed = self.announce(c, &f, add).is_err();
+                }
+            }
+            match out {
+                Some(Out::Wake) | None => {}
                 Some(Out::Retained(topic, bytes, clear)) => {
                     if let Some(c) = con.as_mut() {
                         failed = self.retained(c, &topic, &bytes, clear).is_err();
@@ -385,7 +398,6 @@ impl Cluster {
                             .fetch_add(u64::from(mask.count_ones()), Ordering::Relaxed);
                     }
                 },
-                None => {}
             }
             if let Some(c) = con.as_mut()
                 && !failed

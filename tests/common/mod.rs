@@ -235,6 +235,50 @@ pub fn have_tool(tool: &str, package: &str) -> bool {
     found
 }
 
+/// Runs `cmd` (stdin closed, stdout and stderr read as it runs, so a talkative program cannot
+/// block on a full pipe), killing it after `limit`; returns its exit code (`None`: killed)
+/// and its output.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> (Option<i32>, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{:?} not found ({e}); run scripts/test.sh, which installs it",
+                cmd.get_program()
+            )
+        });
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = pipe.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().unwrap()));
+    let err = reader(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = format!(
+        "--- stdout\n{}--- stderr\n{}",
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default()
+    );
+    (status, output)
+}
+
 /// A CONNECT packet.
 pub fn connect_packet(version: Version, id: &str, clean: bool, keep_alive: u16) -> Packet {
     Packet::Connect(Box::new(Connect {
