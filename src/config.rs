@@ -63,6 +63,9 @@ pub struct Cluster {
     /// Forwards and route changes waiting for the cluster thread; a forward that finds it
     /// full is dropped (counted).
     pub queue: usize,
+    /// How long a CONNECT resuming a session (Clean Start 0) waits for the session to
+    /// arrive from the node the client was on; past it the client gets a new session.
+    pub move_timeout_ms: u32,
 }
 
 impl Default for Cluster {
@@ -73,6 +76,7 @@ impl Default for Cluster {
             heartbeat_secs: 2,
             node_ttl_secs: 6,
             queue: 65_536,
+            move_timeout_ms: 2_000,
         }
     }
 }
@@ -468,6 +472,12 @@ impl Config {
         let t = &self.tls;
         if !t.listen.is_empty() && (t.cert_file.is_none() || t.key_file.is_none()) {
             return Err("tls.listen needs tls.cert_file and tls.key_file".into());
+        }
+        if !(1..=60_000).contains(&self.cluster.move_timeout_ms) {
+            return Err(format!(
+                "cluster.move_timeout_ms = {} is out of range; use 1 to 60000 (default 2000)",
+                self.cluster.move_timeout_ms
+            ));
         }
         let w = &self.websocket;
         if !w.tls_listen.is_empty() && (t.cert_file.is_none() || t.key_file.is_none()) {

@@ -1,8 +1,9 @@
 //! Several nodes through a real `redis-server` on a free loopback port (issue 10): a publish
 //! on node A reaches exact and wildcard subscribers on B and C, retained messages are
-//! cluster-wide (also for a node that starts later), and Redis killed and restarted mid-test
-//! leaves local traffic alone while cross-node traffic resumes. `scripts/test.sh` installs
-//! redis-server.
+//! cluster-wide (also for a node that starts later), a shared subscription spreads over the
+//! nodes, a client taking over on another node brings its persistent session, and Redis killed
+//! and restarted mid-test leaves local traffic alone while cross-node traffic resumes.
+//! `scripts/test.sh` installs redis-server.
 
 mod common;
 
@@ -368,4 +369,198 @@ fn a_client_id_connecting_to_another_node_takes_over() {
     // The new connection stays.
     second.send(&Packet::PingReq);
     assert!(matches!(second.recv(), Some(Packet::PingResp)));
+}
+
+#[test]
+fn a_shared_subscription_spreads_over_the_nodes() {
+    let redis = Redis::start(free_port());
+    let (a, b, c) = (node(&redis), node(&redis), node(&redis));
+    let group = "$share/workers/jobs/+";
+    let mut members: Vec<(&str, Raw)> = vec![
+        ("member on A", client(&a, "worker-a")),
+        ("member on B", client(&b, "worker-b")),
+        ("member on C", client(&c, "worker-c")),
+    ];
+    for (_, m) in &mut members {
+        subscribe(m, group);
+    }
+    // A plain subscriber on C gets every message besides; the group still gets each once.
+    let mut plain = client(&c, "plain-on-c");
+    subscribe(&mut plain, "jobs/#");
+    let mut publisher = client(&a, "pub-on-a");
+    // Probes until every member got one: both groups' routes crossed Redis.
+    let deadline = Instant::now() + WAIT;
+    let mut reached = [false; 3];
+    while reached.iter().any(|r| !r) {
+        assert!(Instant::now() < deadline, "groups not routed: {reached:?}");
+        publish(
+            &mut publisher,
+            "jobs/1",
+            "probe".into(),
+            QoS::AtMostOnce,
+            false,
+        );
+        for (i, (_, m)) in members.iter_mut().enumerate() {
+            while let Some(p) = next(m, Duration::from_millis(100)) {
+                reached[i] |= p == "probe";
+            }
+        }
+    }
+    while next(&mut plain, Duration::from_millis(100)).is_some() {}
+
+    let total = 60;
+    for i in 0..total {
+        publish(
+            &mut publisher,
+            "jobs/1",
+            format!("j{i}"),
+            QoS::AtLeastOnce,
+            false,
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut counts = Vec::new();
+    for (name, m) in &mut members {
+        let mut n = 0;
+        while let Some(p) = next(m, Duration::from_millis(500)) {
+            assert!(
+                seen.insert(p.clone()),
+                "{p} delivered twice to the group ({name})"
+            );
+            n += 1;
+        }
+        counts.push((*name, n));
+    }
+    assert_eq!(
+        seen.len(),
+        total,
+        "the group got each message once: {counts:?}"
+    );
+    for (name, n) in &counts {
+        // Round-robin over three nodes: a third each, give or take.
+        assert!(
+            (10..=30).contains(n),
+            "{name} got {n} of {total}: {counts:?}"
+        );
+    }
+    let got: Vec<String> = (0..total).filter_map(|_| next(&mut plain, WAIT)).collect();
+    assert_eq!(got, (0..total).map(|i| format!("j{i}")).collect::<Vec<_>>());
+
+    // The member on B leaves: its node's group route goes, the others share everything.
+    members.remove(1);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "B's group route did not go");
+        std::thread::sleep(Duration::from_millis(200));
+        for i in 0..6 {
+            publish(
+                &mut publisher,
+                "jobs/2",
+                format!("k{i}"),
+                QoS::AtMostOnce,
+                false,
+            );
+        }
+        let after: usize = members.iter_mut().map(|(_, m)| drain(m)).sum();
+        if after == 6 {
+            break;
+        }
+    }
+}
+
+/// Reads and counts every message waiting for `r` (up to a short pause).
+fn drain(r: &mut Raw) -> usize {
+    let mut n = 0;
+    while next(r, Duration::from_millis(300)).is_some() {
+        n += 1;
+    }
+    n
+}
+
+/// A CONNECT resuming a session (Clean Start 0); the CONNACK's Session Present.
+fn resume(b: &Broker, v: Version, id: &str) -> (Raw, bool) {
+    let mut r = Raw::connect(b.addr, v);
+    let mut p = connect_packet(v, id, false, 30);
+    if let Packet::Connect(c) = &mut p {
+        c.properties.session_expiry_interval = Some(600);
+    }
+    r.send(&p);
+    match r.recv() {
+        Some(Packet::ConnAck(a)) if a.reason.is_success() => (r, a.session_present),
+        other => panic!("CONNACK expected, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_persistent_session_moves_with_its_client_to_another_node() {
+    let redis = Redis::start(free_port());
+    let (a, b, c) = (node(&redis), node(&redis), node(&redis));
+    let v = Version::V3_1_1;
+    let (mut first, present) = resume(&a, v, "traveller");
+    assert!(!present);
+    subscribe(&mut first, "moving/#");
+    first.send(&Packet::Disconnect(Default::default()));
+    drop(first);
+    // Queued on A while the client is away.
+    let mut on_a = client(&a, "pub-on-a");
+    for i in 0..3 {
+        publish(
+            &mut on_a,
+            "moving/1",
+            format!("queued-{i}"),
+            QoS::AtLeastOnce,
+            false,
+        );
+    }
+    // The client comes back on B: session present, the queue and subscription came along.
+    let (mut back, present) = resume(&b, v, "traveller");
+    assert!(present, "the session moved from A to B");
+    let got: Vec<String> = (0..3).filter_map(|_| next(&mut back, WAIT)).collect();
+    assert_eq!(got, ["queued-0", "queued-1", "queued-2"]);
+    // Its subscription is routed to B now: publishes on A and C reach it there.
+    let mut on_c = client(&c, "pub-on-c");
+    until_routed(&mut on_c, "moving/2", &mut [&mut back]);
+    until_routed(&mut on_a, "moving/3", &mut [&mut back]);
+    publish(
+        &mut on_c,
+        "moving/2",
+        "from-c".into(),
+        QoS::AtLeastOnce,
+        false,
+    );
+    assert_eq!(next(&mut back, WAIT).as_deref(), Some("from-c"));
+
+    // 5.0, connected when it moves: the old connection is told 0x8E, an unacknowledged
+    // delivery comes again (DUP) on the new node.
+    let v = Version::V5;
+    let (mut old, _) = resume(&c, v, "roamer");
+    subscribe(&mut old, "roam/#");
+    publish(
+        &mut on_c,
+        "roam/1",
+        "unacked".into(),
+        QoS::AtLeastOnce,
+        false,
+    );
+    assert!(
+        matches!(old.recv(), Some(Packet::Publish(p)) if &p.payload[..] == b"unacked"),
+        "delivered on C"
+    );
+    let (mut new, present) = resume(&a, v, "roamer");
+    assert!(present, "the session moved from C to A");
+    let seen = old.expect_closed();
+    assert!(
+        matches!(&seen[..], [Packet::Disconnect(d)] if d.reason == shardmq::protocol::ReasonCode::SESSION_TAKEN_OVER),
+        "{seen:?}"
+    );
+    match new.recv() {
+        Some(Packet::Publish(p)) => {
+            assert!(p.dup, "a redelivery");
+            assert_eq!(&p.payload[..], b"unacked");
+        }
+        other => panic!("redelivery expected, got {other:?}"),
+    }
+    // A client that never had a session anywhere gets none, at once.
+    let (_, present) = resume(&b, v, "newcomer");
+    assert!(!present);
 }

@@ -7,6 +7,9 @@
 //!      SADD / SREM shardmq:filters:{node} FILTER  +  PUBLISH shardmq:routes "+node\nFILTER"
 //!  a PUBLISH on this node whose topic matches another node's filters:
 //!      PUBLISH shardmq:to:{that node} MESSAGE      (once per interested node, never a broadcast)
+//!  ... and a shared subscription group ($share/G/F, announced like a filter) with members on
+//!  several nodes: the publishing node picks one node of the group, round-robin (itself too):
+//!      PUBLISH shardmq:to:{chosen node} GROUP MESSAGE   (that node picks one member)
 //!  a retained PUBLISH (cluster-wide state):
 //!      HSET / HDEL shardmq:retained TOPIC MESSAGE  +  PUBLISH shardmq:retained-updates MESSAGE
 //!      (every node delivers and keeps it; a node starting later loads the hash)
@@ -32,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 
-use crate::index::Routes;
+use crate::index::{Routes, SharedRoutes};
+use crate::protocol::TopicFilter;
 use crate::protocol::session::{AppMessage, Message};
 
 /// Forwards sent to Redis in one pipelined round trip, at most.
@@ -45,25 +49,56 @@ pub const MAX_NODES: usize = 64;
 enum Out {
     /// Filter changes are waiting in [`Cluster::filters`].
     Wake,
-    /// Forward an encoded message to the nodes in the mask.
+    /// Forward a framed message (kind byte first) to the nodes in the mask.
     Publish(u64, Vec<u8>),
     /// A client with this id connected here: claim it in Redis, kick it off its old node.
     Claim(Vec<u8>),
     /// A retained message (topic, the message): kept in (or, empty, cleared from) Redis and
     /// broadcast to every node, which delivers and keeps it.
     Retained(Vec<u8>, Vec<u8>, bool),
+    /// A client resuming its session connected here: claim it in Redis and, if it was on
+    /// another live node, ask that node for the session (see [`Cluster::fetch`]).
+    Fetch(Move),
+    /// Send a session (its encoded image, or none) to the node that asked for it.
+    Ship {
+        to: String,
+        client_id: Vec<u8>,
+        image: Option<Vec<u8>>,
+    },
+}
+
+/// A connection waiting for its session to come from another node.
+#[derive(Debug)]
+pub struct Move {
+    /// The client identifier.
+    pub client_id: crate::protocol::Str,
+    /// The directory shard that asked (the answer goes to its inbox).
+    pub directory: usize,
+    /// The connecting shard and connection.
+    pub shard: usize,
+    /// The connecting connection's token.
+    pub token: u64,
 }
 
 /// What another node (or Redis) hands a shard.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A message to deliver to this node's subscribers.
+    /// A message to deliver to this node's subscribers (not to its shared groups: the
+    /// publishing node chose the node of each group).
     Publish(Message),
+    /// A message for one member of this node's shared subscription group (the key).
+    Shared(TopicFilter, Message),
     /// A retained message to keep, delivering nothing (loaded from Redis).
     Retain(Message),
     /// A client with this id connected to another node: disconnect it here (0x8E) and end
     /// its session.
     Kick(crate::protocol::Str),
+    /// A client with this id connected to another node (named) and resumes its session:
+    /// disconnect it here (0x8E) and send that node the session.
+    Surrender(crate::protocol::Str, String),
+    /// To the directory shard: the answer to a [`Cluster::fetch`], with the session's
+    /// encoded image if the other node had one.
+    Moved(Move, Option<Vec<u8>>),
 }
 
 /// The other nodes this node knows, by route index.
@@ -87,6 +122,8 @@ pub struct Options {
     pub node_ttl_secs: u32,
     /// Forwards and filter changes waiting for the sender thread.
     pub queue: usize,
+    /// How long a fetched session may take to arrive.
+    pub move_timeout: Duration,
 }
 
 /// This node's view of the cluster, shared by its shards.
@@ -95,6 +132,8 @@ pub struct Cluster {
     pub node_id: String,
     /// Other nodes' filters: topic → mask of node indices.
     pub routes: Routes,
+    /// Other nodes' shared subscription groups: group key → mask of node indices.
+    pub shared: SharedRoutes,
     nodes: Mutex<Nodes>,
     tx: SyncSender<Out>,
     /// Filter changes (first subscriber: true, last one gone: false) for the sender thread,
@@ -102,6 +141,8 @@ pub struct Cluster {
     /// takes them all every turn.
     filters: Mutex<Vec<(Vec<u8>, bool)>>,
     inbox: Vec<Mutex<Vec<Inbound>>>,
+    /// Sessions asked from other nodes, by client id, with their deadlines.
+    moves: Mutex<HashMap<Vec<u8>, (Move, Instant)>>,
     wake: Box<dyn Fn(usize) + Send + Sync>,
     /// Messages forwarded to other nodes (one per node).
     pub forwarded: AtomicU64,
@@ -138,10 +179,56 @@ const RETAINED: &str = "shardmq:retained";
 const CLAIM_TTL_SECS: u64 = 7 * 24 * 3600;
 /// First byte of a message on a node's channel: a forwarded message ...
 const KIND_MESSAGE: u8 = b'M';
-/// ... or a client id to disconnect.
+/// ... or a client id to disconnect ...
 const KIND_KICK: u8 = b'K';
+/// ... or a message for a shared subscription group (u16 key length, key, message) ...
+const KIND_SHARED: u8 = b'G';
+/// ... or a request for a session ("node\nCLIENT ID": the node that wants it) ...
+const KIND_FETCH: u8 = b'F';
+/// ... or a session (u16 id length, id, 0 = none / 1 = the encoded image follows).
+const KIND_SESSION: u8 = b'S';
 /// Every retained publish, for every node ("node\nMESSAGE").
 const RETAINED_UPDATES: &str = "shardmq:retained-updates";
+
+/// The shard that takes a topic's messages from other nodes: one per topic keeps a topic's
+/// messages in order.
+fn topic_shard(topic: &[u8], shards: usize) -> usize {
+    let hash = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(topic);
+    hash as usize % shards.max(1)
+}
+
+/// A message for a node's channel: the kind byte, for a shared group its key (u16 length
+/// first), then the message.
+fn framed(kind: u8, group: &[u8], msg: &AppMessage) -> Vec<u8> {
+    let bytes = crate::store::codec::encode_message(msg, None);
+    let mut out = Vec::with_capacity(bytes.len() + group.len() + 3);
+    out.push(kind);
+    if kind == KIND_SHARED {
+        out.extend_from_slice(&(group.len() as u16).to_be_bytes());
+        out.extend_from_slice(group);
+    }
+    out.extend_from_slice(&bytes);
+    out
+}
+
+/// The group key and message of a [`KIND_SHARED`] payload (after the kind byte).
+fn unframe_shared(b: &[u8]) -> Option<(TopicFilter, AppMessage)> {
+    let len = usize::from(u16::from_be_bytes([*b.first()?, *b.get(1)?]));
+    let key = b.get(2..2 + len)?;
+    let key = shared_key(key)?;
+    let (m, _) = crate::store::codec::decode_message(b.get(2 + len..)?).ok()?;
+    Some((key, m))
+}
+
+/// `f` as a shared subscription group key, if it is one (`$share/G/F`).
+fn shared_key(f: &[u8]) -> Option<TopicFilter> {
+    if !f.starts_with(b"$share/") {
+        return None;
+    }
+    TopicFilter::new(bytes::Bytes::copy_from_slice(f))
+        .ok()
+        .filter(|k| k.shared().is_some())
+}
 
 /// Backoff between reconnection attempts.
 fn backoff(attempt: u32) -> Duration {
@@ -162,10 +249,12 @@ impl Cluster {
         let c = Arc::new(Cluster {
             node_id: o.node_id.clone(),
             routes: Routes::new(),
+            shared: SharedRoutes::new(),
             nodes: Mutex::new(Nodes::default()),
             tx,
             filters: Mutex::new(Vec::new()),
             inbox: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
+            moves: Mutex::new(HashMap::new()),
             wake,
             forwarded: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -213,7 +302,7 @@ impl Cluster {
         if nodes == 0 {
             return;
         }
-        let bytes = crate::store::codec::encode_message(msg, None);
+        let bytes = framed(KIND_MESSAGE, &[], msg);
         match self.tx.try_send(Out::Publish(nodes, bytes)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
@@ -223,11 +312,21 @@ impl Cluster {
         }
     }
 
+    /// Sends `msg` (published on this node) to the node at index `node` for one member of its
+    /// shared subscription group `group`.
+    pub fn forward_shared(&self, node: usize, group: &TopicFilter, msg: &AppMessage) {
+        let Some(bit) = 1u64.checked_shl(node as u32) else {
+            return;
+        };
+        let bytes = framed(KIND_SHARED, group.as_bytes(), msg);
+        if self.tx.try_send(Out::Publish(bit, bytes)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Hands a message from another node (or from Redis) to the shard that routes its topic.
     fn to_shard(&self, msg: AppMessage, deliver: bool) {
-        // One shard per topic keeps a topic's messages in order.
-        let hash = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(msg.topic.as_bytes());
-        let shard = hash as usize % self.inbox.len().max(1);
+        let shard = topic_shard(msg.topic.as_bytes(), self.inbox.len());
         let msg = Arc::new(msg);
         self.push(
             shard,
@@ -252,6 +351,40 @@ impl Cluster {
     /// it, and the node it was on before (if another) disconnects it.
     pub fn claim(&self, client_id: &[u8]) {
         if self.tx.try_send(Out::Claim(client_id.to_vec())).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A client resuming its session (Clean Start 0) connected here and this node has no
+    /// session for it: the sender thread claims the client id in Redis (`SET … GET`); if it
+    /// was on another live node, that node is asked for the session, which arrives as
+    /// [`Inbound::Moved`] in `m.directory`'s inbox (within `move_timeout`, else without a
+    /// session). Never waits: with Redis away or the queue full, the answer (no session)
+    /// comes at once.
+    pub fn fetch(&self, m: Move) {
+        if let Err(e) = self.tx.try_send(Out::Fetch(m)) {
+            let m = match e {
+                TrySendError::Full(Out::Fetch(m)) | TrySendError::Disconnected(Out::Fetch(m)) => m,
+                _ => return,
+            };
+            self.moved(m, None);
+        }
+    }
+
+    fn moved(&self, m: Move, image: Option<Vec<u8>>) {
+        let d = m.directory;
+        self.push(d, Inbound::Moved(m, image));
+    }
+
+    /// Sends node `to` the session it asked for (its encoded image), or tells it there is
+    /// none.
+    pub fn ship(&self, to: String, client_id: &[u8], image: Option<Vec<u8>>) {
+        let out = Out::Ship {
+            to,
+            client_id: client_id.to_vec(),
+            image,
+        };
+        if self.tx.try_send(out).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -323,6 +456,7 @@ impl Cluster {
             } else {
                 next_try.min(next_beat)
             };
+            let until = self.expire_moves().map_or(until, |d| d.min(until));
             let wait = until
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1));
@@ -371,6 +505,38 @@ impl Cluster {
                         failed = self.claim_in_redis(c, &id).is_err();
                     }
                 }
+                Some(Out::Fetch(m)) => match con.as_mut() {
+                    Some(c) => {
+                        if let Err((m, e)) = self.fetch_in_redis(c, m, o.move_timeout) {
+                            failed = e.is_some();
+                            self.moved(m, None);
+                        }
+                    }
+                    None => self.moved(m, None),
+                },
+                Some(Out::Ship {
+                    to,
+                    client_id,
+                    image,
+                }) => match con.as_mut() {
+                    Some(c) => {
+                        let mut note = vec![KIND_SESSION];
+                        note.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+                        note.extend_from_slice(&client_id);
+                        match image {
+                            Some(i) => {
+                                note.push(1);
+                                note.extend_from_slice(&i);
+                            }
+                            None => note.push(0),
+                        }
+                        failed = c.publish::<_, _, ()>(channel_to(&to), note).is_err();
+                    }
+                    None => {
+                        tracing::warn!(node = %to, "cluster: Redis unreachable; a session asked for by another node is not sent (it gets a new one)");
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
                 Some(Out::Publish(mask, bytes)) => match con.as_mut() {
                     Some(c) => {
                         // One round trip for every forward queued meanwhile (pipelined).
@@ -458,6 +624,86 @@ impl Cluster {
         Ok(())
     }
 
+    /// Claims `m.client_id` and, if another live node had it, asks that node for the
+    /// session and files `m` to wait for it. `Err` hands `m` back to be answered at once
+    /// (with the Redis error, if one happened).
+    fn fetch_in_redis(
+        &self,
+        c: &mut redis::Connection,
+        m: Move,
+        timeout: Duration,
+    ) -> Result<(), (Move, Option<redis::RedisError>)> {
+        let id = m.client_id.as_bytes().to_vec();
+        let mut key = b"shardmq:client:".to_vec();
+        key.extend_from_slice(&id);
+        let before: Option<String> = match redis::cmd("SET")
+            .arg(&key)
+            .arg(&self.node_id)
+            .arg("EX")
+            .arg(CLAIM_TTL_SECS)
+            .arg("GET")
+            .query(c)
+        {
+            Ok(b) => b,
+            Err(e) => return Err((m, Some(e))),
+        };
+        let Some(old) = before.filter(|o| *o != self.node_id) else {
+            return Err((m, None));
+        };
+        match c.exists::<_, bool>(node_key(&old)) {
+            Ok(true) => {}
+            Ok(false) => return Err((m, None)),
+            Err(e) => return Err((m, Some(e))),
+        }
+        // Filed before asking, so that the answer never arrives first.
+        self.moves
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), (m, Instant::now() + timeout));
+        let mut note = vec![KIND_FETCH];
+        note.extend_from_slice(self.node_id.as_bytes());
+        note.push(b'\n');
+        note.extend_from_slice(&id);
+        if let Err(e) = c.publish::<_, _, ()>(channel_to(&old), note) {
+            let m = self
+                .moves
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            return match m {
+                Some((m, _)) => Err((m, Some(e))),
+                None => Ok(()),
+            };
+        }
+        Ok(())
+    }
+
+    /// Answers (without a session) the fetches past their deadline; returns the next
+    /// deadline.
+    fn expire_moves(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut moves = self.moves.lock().unwrap_or_else(|e| e.into_inner());
+        let late: Vec<Vec<u8>> = moves
+            .iter()
+            .filter(|(_, (_, d))| *d <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let next = moves.values().map(|(_, d)| *d).filter(|d| *d > now).min();
+        let late: Vec<Move> = late
+            .iter()
+            .filter_map(|k| moves.remove(k).map(|(m, _)| m))
+            .collect();
+        drop(moves);
+        for m in late {
+            tracing::warn!(
+                client_id = %m.client_id.as_str(),
+                "cluster: the session did not come from the client's previous node in time; it starts a new one"
+            );
+            self.moved(m, None);
+        }
+        next
+    }
+
     fn beat(&self, c: &mut redis::Connection, o: &Options) -> redis::RedisResult<()> {
         c.set_ex::<_, _, ()>(
             node_key(&self.node_id),
@@ -480,7 +726,7 @@ impl Cluster {
         c.publish::<_, _, ()>(ROUTES, note)
     }
 
-    /// Adds the forwards of one message to `pipe`; returns how many.
+    /// Adds the forwards of one framed message to `pipe`; returns how many.
     fn add_publish(&self, pipe: &mut redis::Pipeline, mask: u64, bytes: &[u8]) -> u64 {
         let targets: Vec<String> = {
             let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
@@ -489,11 +735,8 @@ impl Cluster {
                 .filter_map(|i| nodes.ids.get(i).cloned().flatten())
                 .collect()
         };
-        let mut framed = Vec::with_capacity(bytes.len() + 1);
-        framed.push(KIND_MESSAGE);
-        framed.extend_from_slice(bytes);
         for t in &targets {
-            pipe.publish(channel_to(t), &framed).ignore();
+            pipe.publish(channel_to(t), bytes).ignore();
         }
         targets.len() as u64
     }
@@ -518,7 +761,7 @@ impl Cluster {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = nodes.index.remove(id) {
             for f in std::mem::take(&mut nodes.filters[i]) {
-                self.routes.remove(&f, i);
+                self.unroute(&f, i);
             }
             nodes.ids[i] = None;
         }
@@ -553,10 +796,28 @@ impl Cluster {
         };
         if add {
             if nodes.filters[i].insert(f.to_vec()) {
-                self.routes.add(f, i);
+                match shared_key(f) {
+                    Some(key) => {
+                        self.shared.add(&key, i);
+                    }
+                    None => {
+                        self.routes.add(f, i);
+                    }
+                }
             }
         } else if nodes.filters[i].remove(f) {
-            self.routes.remove(f, i);
+            self.unroute(f, i);
+        }
+    }
+
+    fn unroute(&self, f: &[u8], node: usize) {
+        match shared_key(f) {
+            Some(key) => {
+                self.shared.remove(&key, node);
+            }
+            None => {
+                self.routes.remove(f, node);
+            }
         }
     }
 
@@ -591,6 +852,33 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// A session (or word that there is none) from the node a client was on before.
+    fn on_session(&self, b: &[u8]) {
+        let Some(len) = b
+            .get(..2)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+        else {
+            return;
+        };
+        let (Some(id), Some(&has)) = (b.get(2..2 + len), b.get(2 + len)) else {
+            return;
+        };
+        let image = (has == 1).then(|| b[3 + len..].to_vec());
+        let m = self
+            .moves
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        match m {
+            Some((m, _)) => self.moved(m, image),
+            None if image.is_some() => tracing::warn!(
+                client_id = %String::from_utf8_lossy(id),
+                "cluster: a session came after its client gave up waiting; dropped"
+            ),
+            None => {}
+        }
     }
 
     fn receive_loop(&self, client: &redis::Client, _o: &Options) {
@@ -648,6 +936,34 @@ impl Cluster {
                 } else {
                     match payload.split_first() {
                         Some((&KIND_MESSAGE, rest)) => rest,
+                        Some((&KIND_SHARED, rest)) => {
+                            if let Some((group, m)) = unframe_shared(rest) {
+                                self.received.fetch_add(1, Ordering::Relaxed);
+                                let shard = topic_shard(m.topic.as_bytes(), self.inbox.len());
+                                self.push(shard, Inbound::Shared(group, Arc::new(m)));
+                            }
+                            continue;
+                        }
+                        Some((&KIND_FETCH, rest)) => {
+                            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+                                continue;
+                            };
+                            let to = String::from_utf8_lossy(&rest[..nl]).into_owned();
+                            if let Ok(id) = crate::protocol::Str::new(
+                                bytes::Bytes::copy_from_slice(&rest[nl + 1..]),
+                            ) {
+                                let shard = crate::shard::state::directory_shard(
+                                    &id,
+                                    self.inbox.len().max(1),
+                                );
+                                self.push(shard, Inbound::Surrender(id, to));
+                            }
+                            continue;
+                        }
+                        Some((&KIND_SESSION, rest)) => {
+                            self.on_session(rest);
+                            continue;
+                        }
                         Some((&KIND_KICK, id)) => {
                             if let Ok(id) =
                                 crate::protocol::Str::new(bytes::Bytes::copy_from_slice(id))

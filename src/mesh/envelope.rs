@@ -72,6 +72,9 @@ pub enum Envelope {
         old_token: u64,
         /// Discard the session instead of shipping it.
         clean: bool,
+        /// The session leaves this node (another node asked for it): its store records end
+        /// here.
+        away: bool,
     },
     /// To the connecting shard: the claim of connection `token` is granted, with the existing
     /// session if there is one to resume.

@@ -716,9 +716,6 @@ async fn read_loop<S: Transport>(
         }
         let slot = s.install(session, conn.token, Some(conn.clone()));
         conn.slot.set(Some(slot));
-        if let Some(c) = &s.shared.cluster {
-            c.claim(accepted.client_id.as_bytes());
-        }
         conn.wake_writer();
         tracing::info!(
             client_id = %accepted.client_id.as_str(),

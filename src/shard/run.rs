@@ -427,6 +427,9 @@ pub fn start_with_hooks(
             heartbeat_secs: config.cluster.heartbeat_secs,
             node_ttl_secs: config.cluster.node_ttl_secs,
             queue: config.cluster.queue,
+            move_timeout: std::time::Duration::from_millis(u64::from(
+                config.cluster.move_timeout_ms,
+            )),
         };
         let c = crate::cluster::Cluster::start(options, n, wake)?;
         tracing::info!(node = %node_id, "cluster: node {node_id} through {}", config.cluster.redis);

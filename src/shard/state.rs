@@ -327,6 +327,8 @@ pub struct Shard {
     timers: BinaryHeap<Reverse<(u32, u64, usize, Timer)>>,
     /// Round-robin position for groups on other shards.
     shared_next: usize,
+    /// Round-robin position over the nodes of shared groups spread across the cluster.
+    node_next: usize,
     /// Store writes its channel had no room for, retried on every flush.
     store_backlog: VecDeque<crate::store::PendingWrite>,
     /// Store writes made so far (each is numbered with its position).
@@ -342,6 +344,9 @@ pub struct Shard {
     by_id: AHashMap<Str, usize>,
     directory: AHashMap<Str, (usize, u64)>,
     pending: AHashMap<u64, Pending>,
+    /// Sessions given up to another node (the directory shard's takeover token → the client
+    /// id and the node that asked), until their owner shard hands them over.
+    surrenders: AHashMap<u64, (Str, String)>,
     out: Vec<Option<Producer<Envelope>>>,
     overflow: Vec<VecDeque<Envelope>>,
     overflow_len: usize,
@@ -422,6 +427,7 @@ impl Shard {
             groups: AHashMap::new(),
             timers: BinaryHeap::new(),
             shared_next: 0,
+            node_next: 0,
             store_backlog: VecDeque::new(),
             store_writes: 0,
             durability: Tracker::new(sync, count),
@@ -430,6 +436,7 @@ impl Shard {
             by_id: AHashMap::new(),
             directory: AHashMap::new(),
             pending: AHashMap::new(),
+            surrenders: AHashMap::new(),
             out,
             overflow: (0..count).map(|_| VecDeque::new()).collect(),
             overflow_len: 0,
@@ -701,8 +708,14 @@ impl Shard {
         for i in from_nodes {
             match i {
                 crate::cluster::Inbound::Publish(m) => self.route_from_cluster(m),
+                crate::cluster::Inbound::Shared(group, m) => {
+                    let mask = self.shared.shared_routes.mask(&group);
+                    self.send_shared(m, group, mask, 0, false);
+                }
                 crate::cluster::Inbound::Retain(m) => self.retain_from_cluster(m),
                 crate::cluster::Inbound::Kick(id) => self.kick_for_cluster(id),
+                crate::cluster::Inbound::Surrender(id, to) => self.surrender_for_cluster(id, to),
+                crate::cluster::Inbound::Moved(m, image) => self.moved_from_cluster(m, image),
             }
         }
         let mut inbox = std::mem::take(&mut self.inbox);
@@ -771,7 +784,8 @@ impl Shard {
                 token,
                 old_token,
                 clean,
-            } => self.on_takeover(client_id, shard, token, old_token, clean),
+                away,
+            } => self.on_takeover(client_id, shard, token, old_token, clean, away),
             Envelope::Handoff { token, session } => self.on_handoff(token, session),
             Envelope::Release { client_id, token } => {
                 if self
@@ -811,26 +825,98 @@ impl Shard {
         self.flush();
     }
 
+    /// The directory's answer to a claim: the client id is free (granted at once, unless a
+    /// cluster node may hold the session to resume: then it is fetched first), or its owner
+    /// is told to hand the session over. In a cluster the client id is claimed in Redis too,
+    /// so that another node holding it lets the client go.
     fn on_claim(&mut self, client_id: Str, shard: usize, token: u64, clean: bool) {
+        let cluster = self.shared.cluster.clone();
         match self.directory.insert(client_id.clone(), (shard, token)) {
-            None => self.send(
-                shard,
-                Envelope::Handoff {
-                    token,
-                    session: None,
-                },
-            ),
-            Some((owner, old_token)) => self.send(
-                owner,
-                Envelope::Takeover {
-                    client_id,
+            None => {
+                if let Some(c) = &cluster {
+                    if !clean {
+                        c.fetch(crate::cluster::Move {
+                            client_id,
+                            directory: self.id,
+                            shard,
+                            token,
+                        });
+                        return;
+                    }
+                    c.claim(client_id.as_bytes());
+                }
+                self.send(
                     shard,
-                    token,
-                    old_token,
-                    clean,
-                },
-            ),
+                    Envelope::Handoff {
+                        token,
+                        session: None,
+                    },
+                )
+            }
+            Some((owner, old_token)) => {
+                if let Some(c) = &cluster {
+                    c.claim(client_id.as_bytes());
+                }
+                self.send(
+                    owner,
+                    Envelope::Takeover {
+                        client_id,
+                        shard,
+                        token,
+                        old_token,
+                        clean,
+                        away: false,
+                    },
+                )
+            }
         }
+    }
+
+    /// The client `client_id` connected to node `to`, resuming its session: its owner here
+    /// (if any) hands the session to this shard, which sends it on (see `on_handoff`).
+    fn surrender_for_cluster(&mut self, client_id: Str, to: String) {
+        let Some((owner, old_token)) = self.directory.remove(&client_id) else {
+            if let Some(c) = &self.shared.cluster {
+                c.ship(to, client_id.as_bytes(), None);
+            }
+            return;
+        };
+        tracing::info!(client_id = %client_id.as_str(), node = %to, "client connected to another node: its session moves there");
+        let token = self.new_token();
+        self.surrenders.insert(token, (client_id.clone(), to));
+        self.send(
+            owner,
+            Envelope::Takeover {
+                client_id,
+                shard: self.id,
+                token,
+                old_token,
+                clean: false,
+                away: true,
+            },
+        );
+    }
+
+    /// The answer to a session fetched from another node: grant the waiting connection its
+    /// client id with that session (or none).
+    fn moved_from_cluster(&mut self, m: crate::cluster::Move, image: Option<Vec<u8>>) {
+        let session = image.and_then(|b| {
+            let start_unix = self.shared.start_unix;
+            match crate::store::codec::decode_session(m.client_id.as_bytes(), &b, start_unix) {
+                Ok((image, _)) => Some(Box::new(Session::from_image(image, self.limits.clone()))),
+                Err(e) => {
+                    tracing::warn!(client_id = %m.client_id.as_str(), "cluster: a session from another node is unreadable ({e}); the client starts a new one");
+                    None
+                }
+            }
+        });
+        self.send(
+            m.shard,
+            Envelope::Handoff {
+                token: m.token,
+                session,
+            },
+        );
     }
 
     fn on_takeover(
@@ -840,9 +926,14 @@ impl Shard {
         token: u64,
         old_token: u64,
         clean: bool,
+        away: bool,
     ) {
         if let Some(slot) = self.by_id.get(&client_id).copied() {
-            let session = self.evict(slot, ReasonCode::SESSION_TAKEN_OVER, clean);
+            let mut session = self.evict(slot, ReasonCode::SESSION_TAKEN_OVER, clean);
+            if away && session.in_store() {
+                session.forget_store();
+                self.store_write(PendingWrite::end(session.client_id().as_bytes()));
+            }
             let session = (!clean).then_some(session);
             self.send(shard, Envelope::Handoff { token, session });
         } else if let Some(p) = self.pending.get_mut(&old_token) {
@@ -859,6 +950,20 @@ impl Shard {
     }
 
     fn on_handoff(&mut self, token: u64, session: Option<Box<Session>>) {
+        if let Some((client_id, to)) = self.surrenders.remove(&token) {
+            let start_unix = self.shared.start_unix;
+            let image = session.filter(|s| s.is_persistent()).map(|s| {
+                let d = crate::store::codec::Deadlines {
+                    session_end: None,
+                    will_due: None,
+                };
+                crate::store::codec::encode_session(&s.image(), d, start_unix)
+            });
+            if let Some(c) = &self.shared.cluster {
+                c.ship(to, client_id.as_bytes(), image);
+            }
+            return;
+        }
         let Some(p) = self.pending.remove(&token) else {
             tracing::debug!(shard = self.id, token, "handoff for an unknown connection");
             return;
@@ -909,6 +1014,9 @@ impl Shard {
             }
             if g.members.len() == 1 {
                 self.shared.shared_routes.add(filter, self.id);
+                if let Some(c) = &self.shared.cluster {
+                    c.filter(filter.as_bytes(), true);
+                }
             }
             return;
         }
@@ -936,6 +1044,9 @@ impl Shard {
             if g.members.is_empty() {
                 self.groups.remove(filter);
                 self.shared.shared_routes.remove(filter, self.id);
+                if let Some(c) = &self.shared.cluster {
+                    c.filter(filter.as_bytes(), false);
+                }
             }
             return;
         }
@@ -1248,6 +1359,7 @@ impl Shard {
                 token: REMOTE_TOKEN,
                 old_token,
                 clean: true,
+                away: false,
             },
         );
     }
@@ -1303,17 +1415,60 @@ impl Shard {
             self.deliver_local(&msg);
         }
         let mut matched = mask != 0;
+        // A message from another node is for its plain subscribers here only: the node it
+        // was published on chose the node of each shared group.
+        if !forward {
+            return matched;
+        }
+        // Shared groups: (key, shards here, other nodes) for each group matching the topic.
+        let mut groups: SmallVec<[(TopicFilter, u64, u64); 2]> = SmallVec::new();
         if !self.shared.shared_routes.is_empty() {
-            let mut groups: SmallVec<[(TopicFilter, u64); 2]> = SmallVec::new();
             self.shared
                 .shared_routes
-                .for_each_match(msg.topic.as_bytes(), |k, m| groups.push((k.clone(), m)));
-            for (group, mask) in groups {
-                matched = true;
-                self.send_shared(msg.clone(), group, mask, 0, wait);
+                .for_each_match(msg.topic.as_bytes(), |k, m| groups.push((k.clone(), m, 0)));
+        }
+        if let Some(c) = &self.shared.cluster
+            && !c.shared.is_empty()
+        {
+            c.shared.for_each_match(msg.topic.as_bytes(), |k, nodes| {
+                match groups.iter_mut().find(|g| g.0 == *k) {
+                    Some(g) => g.2 = nodes,
+                    None => groups.push((k.clone(), 0, nodes)),
+                }
+            });
+        }
+        for (group, shards, nodes) in groups {
+            matched = true;
+            match self.pick_node(shards != 0, nodes) {
+                Some(node) => {
+                    if let Some(c) = &self.shared.cluster {
+                        c.forward_shared(node, &group, &msg);
+                    }
+                }
+                None => self.send_shared(msg.clone(), group, shards, 0, wait),
             }
         }
         matched
+    }
+
+    /// For a shared group with members on this node (`here`) and on the other nodes of
+    /// `nodes`, the node that gets the next message, round-robin, a node counting once
+    /// whatever its members: `None` for this one, else the other node's index.
+    fn pick_node(&mut self, here: bool, nodes: u64) -> Option<usize> {
+        if nodes == 0 {
+            return None;
+        }
+        let n = nodes.count_ones() as usize + usize::from(here);
+        self.node_next = self.node_next.wrapping_add(1);
+        let k = self.node_next % n;
+        if k == nodes.count_ones() as usize {
+            return None;
+        }
+        let mut bits = nodes;
+        for _ in 0..k {
+            bits &= bits - 1;
+        }
+        Some(bits.trailing_zeros() as usize)
     }
 
     /// Counts (and logs at 1, 2, 4 … refusals) a retained message the bounds kept out.
