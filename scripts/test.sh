@@ -52,11 +52,12 @@ if ! python3 -c 'import paho.mqtt, sys; sys.exit(paho.mqtt.__version__ < "2")' >
   fi
 fi
 echo "paho-mqtt: $(python3 -c 'import paho.mqtt; print(paho.mqtt.__version__)')"
-# ... and redis-server for the cluster tests (tests/cluster.rs start their own on a free port).
-if ! command -v redis-server >/dev/null 2>&1; then
+# ... and redis-server + redis-cli for the cluster tests (tests/cluster.rs start their own on
+# free ports, also a three-node Redis Cluster made with redis-cli --cluster create).
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt_update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
   else
     echo "scripts/test.sh: redis-server missing; install Debian's redis-server (the cluster tests need it)" >&2
     exit 1

@@ -32,7 +32,8 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Vec<SocketAddr>,
 
-    /// Join a cluster through this Redis, e.g. redis://127.0.0.1:6379 (cluster.redis).
+    /// Join a cluster through this Redis, e.g. redis://127.0.0.1:6379, or through a Redis
+    /// Cluster, e.g. redis+cluster://10.0.0.1:6379,10.0.0.2:6379 (cluster.redis).
     #[arg(long, value_name = "URL")]
     pub cluster: Option<String>,
 

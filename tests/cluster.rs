@@ -3,7 +3,8 @@
 //! cluster-wide (also for a node that starts later), a shared subscription spreads over the
 //! nodes, a client taking over on another node brings its persistent session, and Redis killed
 //! and restarted mid-test leaves local traffic alone while cross-node traffic resumes.
-//! `scripts/test.sh` installs redis-server.
+//! The same scenarios run again on a three-master Redis Cluster (`redis+cluster://`, sharded
+//! pub/sub for the node channels). `scripts/test.sh` installs redis-server (and redis-cli).
 
 mod common;
 
@@ -51,6 +52,86 @@ impl Drop for Redis {
     }
 }
 
+/// Three redis-server processes in cluster mode (one master each, slots split by
+/// `redis-cli --cluster create`), killed on drop.
+struct RedisCluster {
+    servers: Vec<Redis>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let dir = common::temp_dir("redis-cluster");
+        let servers: Vec<Redis> = (0..3)
+            .map(|i| {
+                let port = free_port();
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                    .args(["--cluster-port", &free_port().to_string()])
+                    .arg("--cluster-config-file")
+                    .arg(dir.join(format!("nodes-{i}.conf")))
+                    .arg("--dir")
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server not found: run scripts/test.sh");
+                let deadline = Instant::now() + WAIT;
+                while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                    assert!(Instant::now() < deadline, "redis-server did not start");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Redis { child, port }
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for r in &servers {
+            create.arg(format!("127.0.0.1:{}", r.port));
+        }
+        create.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        let (code, out) = common::run_bounded(create, WAIT);
+        assert_eq!(code, Some(0), "redis-cli --cluster create failed: {out}");
+        // Every node must see the whole slot map before shardmq connects.
+        let deadline = Instant::now() + WAIT;
+        for r in &servers {
+            loop {
+                let mut info = Command::new("redis-cli");
+                info.args(["-p", &r.port.to_string(), "cluster", "info"]);
+                let (_, out) = common::run_bounded(info, WAIT);
+                if out.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the Redis Cluster did not form: {out}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        RedisCluster { servers, dir }
+    }
+}
+
+impl Backend for RedisCluster {
+    /// Two of the three nodes as seeds: the client learns the rest from them.
+    fn url(&self) -> String {
+        format!(
+            "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
+            self.servers[0].port, self.servers[1].port
+        )
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.servers.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -59,7 +140,18 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn node(redis: &Redis) -> Broker {
+/// What the nodes share: one Redis, or a Redis Cluster.
+trait Backend {
+    fn url(&self) -> String;
+}
+
+impl Backend for Redis {
+    fn url(&self) -> String {
+        Redis::url(self)
+    }
+}
+
+fn node(redis: &impl Backend) -> Broker {
     Broker::start(2, &["--cluster", &redis.url(), "--no-persistence"])
 }
 
@@ -137,13 +229,17 @@ fn until_routed(from: &mut Raw, topic: &'static str, to: &mut [&mut Raw]) {
 fn a_publish_on_one_node_reaches_exact_and_wildcard_subscribers_on_others() {
     let redis = Redis::start(free_port());
     let (a, b, c) = (node(&redis), node(&redis), node(&redis));
-    let mut exact = client(&b, "exact-on-b");
+    publish_reaches_other_nodes(&a, &b, &c);
+}
+
+fn publish_reaches_other_nodes(a: &Broker, b: &Broker, c: &Broker) {
+    let mut exact = client(b, "exact-on-b");
     subscribe(&mut exact, "fleet/7/state");
-    let mut wild = client(&c, "wild-on-c");
+    let mut wild = client(c, "wild-on-c");
     subscribe(&mut wild, "fleet/+/state");
-    let mut local = client(&a, "local-on-a");
+    let mut local = client(a, "local-on-a");
     subscribe(&mut local, "fleet/#");
-    let mut publisher = client(&a, "pub-on-a");
+    let mut publisher = client(a, "pub-on-a");
     until_routed(
         &mut publisher,
         "fleet/7/state",
@@ -183,27 +279,7 @@ fn a_publish_on_one_node_reaches_exact_and_wildcard_subscribers_on_others() {
 fn retained_messages_are_cluster_wide() {
     let redis = Redis::start(free_port());
     let (a, c) = (node(&redis), node(&redis));
-    let mut publisher = client(&a, "retainer");
-    publish(
-        &mut publisher,
-        "cfg/site",
-        "v1".into(),
-        QoS::AtLeastOnce,
-        true,
-    );
-    // A new subscriber on C gets it (once it crossed Redis).
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut s = client(&c, "late-on-c");
-        subscribe(&mut s, "cfg/#");
-        if next(&mut s, Duration::from_millis(300)).as_deref() == Some("v1") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the retained message never reached node C"
-        );
-    }
+    retained_crosses(&a, &c);
     // A node started afterwards loads it from Redis.
     let d = node(&redis);
     let deadline = Instant::now() + WAIT;
@@ -216,6 +292,31 @@ fn retained_messages_are_cluster_wide() {
         assert!(
             Instant::now() < deadline,
             "node D did not load the retained message"
+        );
+    }
+}
+
+/// A retained message set on `a` is read by a new subscriber on `c`.
+fn retained_crosses(a: &Broker, c: &Broker) {
+    let mut publisher = client(a, "retainer");
+    publish(
+        &mut publisher,
+        "cfg/site",
+        "v1".into(),
+        QoS::AtLeastOnce,
+        true,
+    );
+    // A new subscriber on C gets it (once it crossed Redis).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut s = client(c, "late-on-c");
+        subscribe(&mut s, "cfg/#");
+        if next(&mut s, Duration::from_millis(300)).as_deref() == Some("v1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retained message never reached node C"
         );
     }
 }
@@ -375,19 +476,23 @@ fn a_client_id_connecting_to_another_node_takes_over() {
 fn a_shared_subscription_spreads_over_the_nodes() {
     let redis = Redis::start(free_port());
     let (a, b, c) = (node(&redis), node(&redis), node(&redis));
+    shared_group_spreads(&a, &b, &c);
+}
+
+fn shared_group_spreads(a: &Broker, b: &Broker, c: &Broker) {
     let group = "$share/workers/jobs/+";
     let mut members: Vec<(&str, Raw)> = vec![
-        ("member on A", client(&a, "worker-a")),
-        ("member on B", client(&b, "worker-b")),
-        ("member on C", client(&c, "worker-c")),
+        ("member on A", client(a, "worker-a")),
+        ("member on B", client(b, "worker-b")),
+        ("member on C", client(c, "worker-c")),
     ];
     for (_, m) in &mut members {
         subscribe(m, group);
     }
     // A plain subscriber on C gets every message besides; the group still gets each once.
-    let mut plain = client(&c, "plain-on-c");
+    let mut plain = client(c, "plain-on-c");
     subscribe(&mut plain, "jobs/#");
-    let mut publisher = client(&a, "pub-on-a");
+    let mut publisher = client(a, "pub-on-a");
     // Probes until every member got one: both groups' routes crossed Redis.
     let deadline = Instant::now() + WAIT;
     let mut reached = [false; 3];
@@ -495,14 +600,18 @@ fn resume(b: &Broker, v: Version, id: &str) -> (Raw, bool) {
 fn a_persistent_session_moves_with_its_client_to_another_node() {
     let redis = Redis::start(free_port());
     let (a, b, c) = (node(&redis), node(&redis), node(&redis));
+    session_moves(&a, &b, &c);
+}
+
+fn session_moves(a: &Broker, b: &Broker, c: &Broker) {
     let v = Version::V3_1_1;
-    let (mut first, present) = resume(&a, v, "traveller");
+    let (mut first, present) = resume(a, v, "traveller");
     assert!(!present);
     subscribe(&mut first, "moving/#");
     first.send(&Packet::Disconnect(Default::default()));
     drop(first);
     // Queued on A while the client is away.
-    let mut on_a = client(&a, "pub-on-a");
+    let mut on_a = client(a, "pub-on-a");
     for i in 0..3 {
         publish(
             &mut on_a,
@@ -513,12 +622,12 @@ fn a_persistent_session_moves_with_its_client_to_another_node() {
         );
     }
     // The client comes back on B: session present, the queue and subscription came along.
-    let (mut back, present) = resume(&b, v, "traveller");
+    let (mut back, present) = resume(b, v, "traveller");
     assert!(present, "the session moved from A to B");
     let got: Vec<String> = (0..3).filter_map(|_| next(&mut back, WAIT)).collect();
     assert_eq!(got, ["queued-0", "queued-1", "queued-2"]);
     // Its subscription is routed to B now: publishes on A and C reach it there.
-    let mut on_c = client(&c, "pub-on-c");
+    let mut on_c = client(c, "pub-on-c");
     until_routed(&mut on_c, "moving/2", &mut [&mut back]);
     until_routed(&mut on_a, "moving/3", &mut [&mut back]);
     publish(
@@ -533,7 +642,7 @@ fn a_persistent_session_moves_with_its_client_to_another_node() {
     // 5.0, connected when it moves: the old connection is told 0x8E, an unacknowledged
     // delivery comes again (DUP) on the new node.
     let v = Version::V5;
-    let (mut old, _) = resume(&c, v, "roamer");
+    let (mut old, _) = resume(c, v, "roamer");
     subscribe(&mut old, "roam/#");
     publish(
         &mut on_c,
@@ -546,7 +655,7 @@ fn a_persistent_session_moves_with_its_client_to_another_node() {
         matches!(old.recv(), Some(Packet::Publish(p)) if &p.payload[..] == b"unacked"),
         "delivered on C"
     );
-    let (mut new, present) = resume(&a, v, "roamer");
+    let (mut new, present) = resume(a, v, "roamer");
     assert!(present, "the session moved from C to A");
     let seen = old.expect_closed();
     assert!(
@@ -561,6 +670,31 @@ fn a_persistent_session_moves_with_its_client_to_another_node() {
         other => panic!("redelivery expected, got {other:?}"),
     }
     // A client that never had a session anywhere gets none, at once.
-    let (_, present) = resume(&b, v, "newcomer");
+    let (_, present) = resume(b, v, "newcomer");
     assert!(!present);
+}
+
+#[test]
+fn nodes_on_a_redis_cluster_do_it_all() {
+    let redis = RedisCluster::start();
+    let (a, b, c) = (node(&redis), node(&redis), node(&redis));
+    publish_reaches_other_nodes(&a, &b, &c);
+    retained_crosses(&a, &c);
+    shared_group_spreads(&a, &b, &c);
+    session_moves(&a, &b, &c);
+    // The forwards went over sharded pub/sub: each node channel lives on one Redis node.
+    let mut channels = 0;
+    for r in &redis.servers {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args([
+            "-p",
+            &r.port.to_string(),
+            "pubsub",
+            "shardchannels",
+            "shardmq:to:*",
+        ]);
+        let (_, out) = common::run_bounded(cmd, WAIT);
+        channels += out.lines().filter(|l| l.starts_with("shardmq:to:")).count();
+    }
+    assert_eq!(channels, 3, "one sharded channel per shardmq node");
 }

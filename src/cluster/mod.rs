@@ -17,15 +17,20 @@
 //! ```
 //!
 //! Each node keeps the other nodes' filters in a [`Routes`] (node index as the bit), so a
-//! publish is matched locally, as against the shard routes. Two threads own the Redis
-//! connections: `shardmq-cluster-tx` (commands, forwards, heartbeats, dead-node checks) and
-//! `shardmq-cluster-rx` (subscribed to `shardmq:routes` and this node's channel; messages for
-//! this node go to a shard's inbox and ring its doorbell). Shards only `try_send` to the
+//! publish is matched locally, as against the shard routes. Threads off the shards own the
+//! Redis connections ([`link`]: one Redis or a Redis Cluster): `shardmq-cluster-tx` (commands,
+//! forwards, heartbeats, dead-node checks, session moves) and, in [`receive`],
+//! `shardmq-cluster-rx` (subscribed to `shardmq:routes` and, with one Redis, this node's
+//! channel) plus, on a Redis Cluster, `shardmq-cluster-rx-node` (this node's sharded channel);
+//! messages for this node go to a shard's inbox and ring its doorbell. Shards only `try_send` to the
 //! sender (bounded by `limits.cluster_queue`; full = dropped and counted) and lock their inbox
 //! once per pump turn. Redis unreachable: local traffic goes on, forwards are dropped
 //! (counted), both threads retry with backoff and resynchronise (filters re-announced, other
 //! nodes' filters reloaded) when it returns. Across nodes delivery is at most once (Redis
 //! pub/sub); see the README.
+
+mod link;
+mod receive;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +39,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::Commands;
+
+use link::{Backend, Link};
 
 use crate::index::{Routes, SharedRoutes};
 use crate::protocol::TopicFilter;
@@ -243,8 +250,7 @@ impl Cluster {
         shards: usize,
         wake: Box<dyn Fn(usize) + Send + Sync>,
     ) -> Result<Arc<Cluster>, String> {
-        let client = redis::Client::open(o.url.as_str())
-            .map_err(|e| format!("cluster.redis {:?}: {e}", o.url))?;
+        let backend = Backend::open(&o.url)?;
         let (tx, rx) = sync_channel(o.queue.max(16));
         let c = Arc::new(Cluster {
             node_id: o.node_id.clone(),
@@ -260,16 +266,27 @@ impl Cluster {
             received: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         });
-        let (sender, receiver) = (c.clone(), c.clone());
-        let (o2, client2) = (o.clone(), client.clone());
-        std::thread::Builder::new()
-            .name("shardmq-cluster-tx".into())
-            .spawn(move || sender.send_loop(&client, &o, rx))
-            .map_err(|e| format!("cannot start the cluster thread: {e}"))?;
-        std::thread::Builder::new()
-            .name("shardmq-cluster-rx".into())
-            .spawn(move || receiver.receive_loop(&client2, &o2))
-            .map_err(|e| format!("cannot start the cluster thread: {e}"))?;
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map(drop)
+                .map_err(|e| format!("cannot start the cluster thread: {e}"))
+        };
+        if backend.sharded() {
+            let (me, b) = (c.clone(), backend.clone());
+            spawn(
+                "shardmq-cluster-rx-node",
+                Box::new(move || me.receive_node_loop(&b)),
+            )?;
+        }
+        let (me, b) = (c.clone(), backend.clone());
+        spawn("shardmq-cluster-rx", Box::new(move || me.receive_loop(&b)))?;
+        let me = c.clone();
+        spawn(
+            "shardmq-cluster-tx",
+            Box::new(move || me.send_loop(&backend, &o, rx)),
+        )?;
         Ok(c)
     }
 
@@ -416,17 +433,17 @@ impl Cluster {
             .unwrap_or(false)
     }
 
-    fn send_loop(&self, client: &redis::Client, o: &Options, rx: Receiver<Out>) {
+    fn send_loop(&self, backend: &Backend, o: &Options, rx: Receiver<Out>) {
         let heartbeat = Duration::from_secs(u64::from(o.heartbeat_secs.max(1)));
         let mut local: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut carry: Option<Out> = None;
-        let mut con: Option<redis::Connection> = None;
+        let mut con: Option<Link> = None;
         let mut attempt = 0u32;
         let mut next_try = Instant::now();
         let mut next_beat = Instant::now();
         loop {
             if con.is_none() && Instant::now() >= next_try {
-                match client.get_connection_with_timeout(Duration::from_secs(1)) {
+                match backend.connect() {
                     Ok(mut c) => {
                         if attempt > 0 {
                             tracing::info!("cluster: Redis reachable again");
@@ -530,7 +547,7 @@ impl Cluster {
                             }
                             None => note.push(0),
                         }
-                        failed = c.publish::<_, _, ()>(channel_to(&to), note).is_err();
+                        failed = c.publish_to_node(&channel_to(&to), &note).is_err();
                     }
                     None => {
                         tracing::warn!(node = %to, "cluster: Redis unreachable; a session asked for by another node is not sent (it gets a new one)");
@@ -540,12 +557,12 @@ impl Cluster {
                 Some(Out::Publish(mask, bytes)) => match con.as_mut() {
                     Some(c) => {
                         // One round trip for every forward queued meanwhile (pipelined).
-                        let mut pipe = redis::pipe();
-                        let mut sent = self.add_publish(&mut pipe, mask, &bytes);
+                        let mut batch = Vec::new();
+                        let mut sent = self.add_publish(&mut batch, mask, bytes);
                         while sent < MAX_PIPELINE {
                             match rx.try_recv() {
                                 Ok(Out::Publish(m, b)) => {
-                                    sent += self.add_publish(&mut pipe, m, &b)
+                                    sent += self.add_publish(&mut batch, m, b)
                                 }
                                 Ok(other) => {
                                     carry = Some(other);
@@ -554,7 +571,9 @@ impl Cluster {
                                 Err(_) => break,
                             }
                         }
-                        failed = pipe.query::<()>(c).is_err();
+                        failed = c
+                            .publish_many(batch.iter().map(|(ch, b)| (ch.as_str(), &b[..])))
+                            .is_err();
                         if !failed {
                             self.forwarded.fetch_add(sent, Ordering::Relaxed);
                         }
@@ -585,7 +604,7 @@ impl Cluster {
 
     fn retained(
         &self,
-        c: &mut redis::Connection,
+        c: &mut Link,
         topic: &[u8],
         bytes: &[u8],
         clear: bool,
@@ -606,7 +625,7 @@ impl Cluster {
 
     /// `SET shardmq:client:{id} NODE GET`: the previous owner, if another node, is told to
     /// let the client go.
-    fn claim_in_redis(&self, c: &mut redis::Connection, id: &[u8]) -> redis::RedisResult<()> {
+    fn claim_in_redis(&self, c: &mut Link, id: &[u8]) -> redis::RedisResult<()> {
         let mut key = b"shardmq:client:".to_vec();
         key.extend_from_slice(id);
         let before: Option<String> = redis::cmd("SET")
@@ -619,7 +638,7 @@ impl Cluster {
         if let Some(old) = before.filter(|o| *o != self.node_id) {
             let mut note = vec![KIND_KICK];
             note.extend_from_slice(id);
-            c.publish::<_, _, ()>(channel_to(&old), note)?;
+            c.publish_to_node(&channel_to(&old), &note)?;
         }
         Ok(())
     }
@@ -629,7 +648,7 @@ impl Cluster {
     /// (with the Redis error, if one happened).
     fn fetch_in_redis(
         &self,
-        c: &mut redis::Connection,
+        c: &mut Link,
         m: Move,
         timeout: Duration,
     ) -> Result<(), (Move, Option<redis::RedisError>)> {
@@ -664,7 +683,7 @@ impl Cluster {
         note.extend_from_slice(self.node_id.as_bytes());
         note.push(b'\n');
         note.extend_from_slice(&id);
-        if let Err(e) = c.publish::<_, _, ()>(channel_to(&old), note) {
+        if let Err(e) = c.publish_to_node(&channel_to(&old), &note) {
             let m = self
                 .moves
                 .lock()
@@ -704,7 +723,7 @@ impl Cluster {
         next
     }
 
-    fn beat(&self, c: &mut redis::Connection, o: &Options) -> redis::RedisResult<()> {
+    fn beat(&self, c: &mut Link, o: &Options) -> redis::RedisResult<()> {
         c.set_ex::<_, _, ()>(
             node_key(&self.node_id),
             "up",
@@ -712,7 +731,7 @@ impl Cluster {
         )
     }
 
-    fn announce(&self, c: &mut redis::Connection, f: &[u8], add: bool) -> redis::RedisResult<()> {
+    fn announce(&self, c: &mut Link, f: &[u8], add: bool) -> redis::RedisResult<()> {
         if add {
             c.sadd::<_, _, ()>(filters_key(&self.node_id), f)?;
         } else {
@@ -726,8 +745,8 @@ impl Cluster {
         c.publish::<_, _, ()>(ROUTES, note)
     }
 
-    /// Adds the forwards of one framed message to `pipe`; returns how many.
-    fn add_publish(&self, pipe: &mut redis::Pipeline, mask: u64, bytes: &[u8]) -> u64 {
+    /// Adds the forwards of one framed message to `batch`; returns how many.
+    fn add_publish(&self, batch: &mut Vec<(String, Arc<[u8]>)>, mask: u64, bytes: Vec<u8>) -> u64 {
         let targets: Vec<String> = {
             let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
             (0..MAX_NODES)
@@ -735,14 +754,15 @@ impl Cluster {
                 .filter_map(|i| nodes.ids.get(i).cloned().flatten())
                 .collect()
         };
+        let bytes: Arc<[u8]> = bytes.into();
         for t in &targets {
-            pipe.publish(channel_to(t), bytes).ignore();
+            batch.push((channel_to(t), bytes.clone()));
         }
         targets.len() as u64
     }
 
     /// Drops the routes of nodes whose heartbeat key expired.
-    fn expire_dead(&self, c: &mut redis::Connection) -> redis::RedisResult<()> {
+    fn expire_dead(&self, c: &mut Link) -> redis::RedisResult<()> {
         let known: Vec<String> = {
             let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
             nodes.index.keys().cloned().collect()
@@ -818,176 +838,6 @@ impl Cluster {
             None => {
                 self.routes.remove(f, node);
             }
-        }
-    }
-
-    /// Reloads every other live node's filters (after (re)subscribing).
-    fn resync(&self, client: &redis::Client) -> redis::RedisResult<()> {
-        let mut c = client.get_connection_with_timeout(Duration::from_secs(1))?;
-        let keys: Vec<String> = c.keys("shardmq:node:*")?;
-        let live: HashSet<String> = keys
-            .iter()
-            .filter_map(|k| k.strip_prefix("shardmq:node:").map(str::to_string))
-            .collect();
-        let known: Vec<String> = {
-            let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-            nodes.index.keys().cloned().collect()
-        };
-        for id in known {
-            self.drop_node(&id);
-        }
-        for id in live {
-            if id == self.node_id {
-                continue;
-            }
-            let filters: Vec<Vec<u8>> = c.smembers(filters_key(&id))?;
-            for f in filters {
-                self.set_route(&id, &f, true);
-            }
-        }
-        let retained: Vec<(Vec<u8>, Vec<u8>)> = c.hgetall(RETAINED)?;
-        for (_, value) in retained {
-            if let Ok((m, _)) = crate::store::codec::decode_message(&value) {
-                self.to_shard(m, false);
-            }
-        }
-        Ok(())
-    }
-
-    /// A session (or word that there is none) from the node a client was on before.
-    fn on_session(&self, b: &[u8]) {
-        let Some(len) = b
-            .get(..2)
-            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
-        else {
-            return;
-        };
-        let (Some(id), Some(&has)) = (b.get(2..2 + len), b.get(2 + len)) else {
-            return;
-        };
-        let image = (has == 1).then(|| b[3 + len..].to_vec());
-        let m = self
-            .moves
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-        match m {
-            Some((m, _)) => self.moved(m, image),
-            None if image.is_some() => tracing::warn!(
-                client_id = %String::from_utf8_lossy(id),
-                "cluster: a session came after its client gave up waiting; dropped"
-            ),
-            None => {}
-        }
-    }
-
-    fn receive_loop(&self, client: &redis::Client, _o: &Options) {
-        let mine = channel_to(&self.node_id);
-        let mut attempt = 0u32;
-        loop {
-            let mut con = match client.get_connection_with_timeout(Duration::from_secs(1)) {
-                Ok(c) => c,
-                Err(_) => {
-                    attempt += 1;
-                    std::thread::sleep(backoff(attempt));
-                    continue;
-                }
-            };
-            let mut ps = con.as_pubsub();
-            if ps
-                .subscribe(&[ROUTES, RETAINED_UPDATES, mine.as_str()])
-                .is_err()
-            {
-                attempt += 1;
-                std::thread::sleep(backoff(attempt));
-                continue;
-            }
-            // Subscribed first, then loaded: no route change falls between the two.
-            if self.resync(client).is_err() {
-                attempt += 1;
-                std::thread::sleep(backoff(attempt));
-                continue;
-            }
-            loop {
-                let msg = match ps.get_message() {
-                    Ok(m) => m,
-                    Err(_) => break,
-                };
-                let payload = msg.get_payload_bytes();
-                if msg.get_channel_name() == ROUTES {
-                    let Some((&sign, rest)) = payload.split_first() else {
-                        continue;
-                    };
-                    let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
-                        continue;
-                    };
-                    let node = String::from_utf8_lossy(&rest[..nl]);
-                    self.set_route(&node, &rest[nl + 1..], sign == b'+');
-                    continue;
-                }
-                let payload = if msg.get_channel_name() == RETAINED_UPDATES {
-                    let Some(nl) = payload.iter().position(|&b| b == b'\n') else {
-                        continue;
-                    };
-                    if &payload[..nl] == self.node_id.as_bytes() {
-                        continue;
-                    }
-                    &payload[nl + 1..]
-                } else {
-                    match payload.split_first() {
-                        Some((&KIND_MESSAGE, rest)) => rest,
-                        Some((&KIND_SHARED, rest)) => {
-                            if let Some((group, m)) = unframe_shared(rest) {
-                                self.received.fetch_add(1, Ordering::Relaxed);
-                                let shard = topic_shard(m.topic.as_bytes(), self.inbox.len());
-                                self.push(shard, Inbound::Shared(group, Arc::new(m)));
-                            }
-                            continue;
-                        }
-                        Some((&KIND_FETCH, rest)) => {
-                            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
-                                continue;
-                            };
-                            let to = String::from_utf8_lossy(&rest[..nl]).into_owned();
-                            if let Ok(id) = crate::protocol::Str::new(
-                                bytes::Bytes::copy_from_slice(&rest[nl + 1..]),
-                            ) {
-                                let shard = crate::shard::state::directory_shard(
-                                    &id,
-                                    self.inbox.len().max(1),
-                                );
-                                self.push(shard, Inbound::Surrender(id, to));
-                            }
-                            continue;
-                        }
-                        Some((&KIND_SESSION, rest)) => {
-                            self.on_session(rest);
-                            continue;
-                        }
-                        Some((&KIND_KICK, id)) => {
-                            if let Ok(id) =
-                                crate::protocol::Str::new(bytes::Bytes::copy_from_slice(id))
-                            {
-                                let shard = crate::shard::state::directory_shard(
-                                    &id,
-                                    self.inbox.len().max(1),
-                                );
-                                self.push(shard, Inbound::Kick(id));
-                            }
-                            continue;
-                        }
-                        _ => continue,
-                    }
-                };
-                let Ok((m, _)) = crate::store::codec::decode_message(payload) else {
-                    continue;
-                };
-                self.received.fetch_add(1, Ordering::Relaxed);
-                self.to_shard(m, true);
-            }
-            tracing::warn!("cluster: lost the Redis subscription; retrying");
-            attempt = 1;
-            std::thread::sleep(backoff(attempt));
         }
     }
 }

@@ -618,7 +618,8 @@ async fn read_loop<S: Transport>(
         let token = conn.token;
         let id = s.id;
         check_connect(&connect, max_client_id, || {
-            Str::new_unchecked(format!("shardmq-{id}-{token:x}").into())
+            let prefix = &s.shared.assigned_prefix;
+            Str::new_unchecked(format!("shardmq-{prefix}-{id}-{token:x}").into())
         })
     };
     let accepted = match accepted {

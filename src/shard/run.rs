@@ -436,7 +436,12 @@ pub fn start_with_hooks(
         Some(c)
     };
 
+    // Random per start: assigned client ids never repeat across restarts or nodes.
+    let mut prefix = [0u8; 6];
+    getrandom::fill(&mut prefix).map_err(|e| format!("no randomness for client ids: {e}"))?;
+    let assigned_prefix = prefix.iter().map(|x| format!("{x:02x}")).collect();
     let shared = Arc::new(Shared {
+        assigned_prefix,
         routes: Routes::new(),
         shared_routes: SharedRoutes::new(),
         start,

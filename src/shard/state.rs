@@ -74,6 +74,10 @@ pub struct Shared {
     pub authenticators: Arc<crate::auth::Authenticators>,
     /// Unix time at `start` (converts message deadlines for the store).
     pub start_unix: u64,
+    /// Starts every client identifier this broker assigns ([MQTT-3.1.3-6]): the node id in a
+    /// cluster, else random per start, so that no assigned id repeats across nodes or
+    /// restarts (a repeat would resume or take over somebody else's session).
+    pub assigned_prefix: String,
     /// The embedded store, when persistence is on.
     pub store: Option<crate::store::Store>,
     /// Set once by [`run::Broker::shutdown`](super::run::Broker::shutdown): every shard

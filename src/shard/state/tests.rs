@@ -22,6 +22,7 @@ fn shards(n: usize) -> Vec<Shard> {
         cluster: None,
         authenticators: Arc::new(crate::auth::Authenticators::new()),
         start_unix: 0,
+        assigned_prefix: "test".into(),
         store: None,
         shutdown: AtomicBool::new(false),
         seeded: AtomicUsize::new(n),
