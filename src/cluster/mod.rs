@@ -18,8 +18,8 @@
 //!
 //! Each node keeps the other nodes' filters in a [`Routes`] (node index as the bit), so a
 //! publish is matched locally, as against the shard routes. Threads off the shards own the
-//! Redis connections ([`link`]: one Redis or a Redis Cluster): `shardmq-cluster-tx` (commands,
-//! forwards, heartbeats, dead-node checks, session moves) and, in [`receive`],
+//! Redis connections (`link`: one Redis or a Redis Cluster): `shardmq-cluster-tx` (commands,
+//! forwards, heartbeats, dead-node checks, session moves) and, in `receive`,
 //! `shardmq-cluster-rx` (subscribed to `shardmq:routes` and, with one Redis, this node's
 //! channel) plus, on a Redis Cluster, `shardmq-cluster-rx-node` (this node's sharded channel);
 //! messages for this node go to a shard's inbox and ring its doorbell. Shards only `try_send` to the
