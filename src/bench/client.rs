@@ -27,7 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,9 @@ pub struct PubShared {
     pub delivered: AtomicU64,
     /// The publisher's writer, waiting for window.
     pub waker: AtomicWaker,
+    /// The publisher has seen the drain (or ended) and sends no new message: `sent` is
+    /// final. Until then the drain cannot tell a finished run from a batch being written.
+    pub stopped: AtomicBool,
 }
 
 impl Run {
@@ -439,7 +442,11 @@ struct PubLocal {
 
 /// A publisher: publish until the run drains, then finish the QoS 2 handshakes in flight.
 pub async fn publisher(local: Rc<Local>, pp: PubPlan) {
-    if let Err(e) = publish(&local, &pp).await
+    let r = publish(&local, &pp).await;
+    local.run.pubs[pp.id as usize]
+        .stopped
+        .store(true, Ordering::Release);
+    if let Err(e) = r
         && local.run.phase() < phase::DONE
     {
         local.run.fail(format!("publisher {}: {e}", pp.id));
@@ -516,6 +523,10 @@ async fn publish(local: &Rc<Local>, pp: &PubPlan) -> Result<()> {
         let publishing = run.phase() < phase::DRAIN;
         if shared.closed.get() || run.phase() == phase::DONE {
             return Ok(());
+        }
+        if !publishing {
+            // Checked before any new batch: once this is set, `sent` no longer moves.
+            ps.stopped.store(true, Ordering::Release);
         }
         if !publishing && shared.in_flight.get() == 0 {
             // Done: say goodbye, so the broker sees a clean end and no will.

@@ -486,6 +486,9 @@ impl Coordinator {
         let t0 = Instant::now();
         let (mut last, mut quiet_since) = (run.received.load(Ordering::Acquire), Instant::now());
         while t0.elapsed() < DRAIN_TIMEOUT && quiet_since.elapsed() < DRAIN_QUIET {
+            // A publisher may be writing a batch counted in `sent` only once written: compare
+            // once every publisher has stopped.
+            let stopped = run.pubs.iter().all(|p| p.stopped.load(Ordering::Acquire));
             let expected: u64 = run
                 .pubs
                 .iter()
@@ -496,7 +499,7 @@ impl Coordinator {
                 .iter()
                 .map(|p| p.delivered.load(Ordering::Acquire))
                 .sum();
-            if delivered >= expected {
+            if stopped && delivered >= expected {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));

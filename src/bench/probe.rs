@@ -80,23 +80,7 @@ pub fn own_cpu() -> Duration {
 
 /// Raises this process's open-file soft limit to its hard limit; returns the new soft limit.
 pub fn raise_nofile() -> u64 {
-    // SAFETY: an all-zero rlimit is a valid value for getrlimit to overwrite.
-    let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: `r` is a valid, writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return 0;
-    }
-    if r.rlim_cur < r.rlim_max {
-        let want = libc::rlimit {
-            rlim_cur: r.rlim_max,
-            rlim_max: r.rlim_max,
-        };
-        // SAFETY: `want` is a valid rlimit that only raises the soft limit to the hard one.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
-            return want.rlim_cur;
-        }
-    }
-    r.rlim_cur
+    crate::shard::fds::raise().map_or(0, |r| r.now)
 }
 
 #[cfg(test)]

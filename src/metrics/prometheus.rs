@@ -104,6 +104,14 @@ pub fn render(shards: &[ShardSnapshot], facts: &Facts) -> String {
         );
     }
     o.family(
+        "accept_errors_total",
+        "counter",
+        "Failed accepts (the listener backs off and retries), by reason: open_files (EMFILE, ENFILE: the open-file limit) or other.",
+    );
+    for (reason, v) in ["open_files", "other"].iter().zip(m.accept_errors) {
+        o.value("accept_errors_total", &format!("reason=\"{reason}\""), v);
+    }
+    o.family(
         "messages_received_total",
         "counter",
         "PUBLISH packets received from clients, by QoS.",

@@ -93,6 +93,8 @@ pub struct ShardSnapshot {
     pub connections: [u64; 4],
     /// Connections accepted since start, by [`Transport::ALL`].
     pub accepted: [u64; 4],
+    /// `accept` failures since start: out of file descriptors, other.
+    pub accept_errors: [u64; 2],
     /// PUBLISH packets received from clients, by QoS.
     pub received: [u64; 3],
     /// Messages delivered to sessions (sent, in flight or queued), by QoS of the delivery.
@@ -142,6 +144,9 @@ impl ShardSnapshot {
             for i in 0..4 {
                 m.connections[i] += s.connections[i];
                 m.accepted[i] += s.accepted[i];
+            }
+            for i in 0..2 {
+                m.accept_errors[i] += s.accept_errors[i];
             }
             for q in 0..3 {
                 m.received[q] += s.received[q];

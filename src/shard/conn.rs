@@ -755,6 +755,7 @@ async fn read_loop<S: Transport>(
             };
             match decode(&mut buf, version, max_packet) {
                 Ok(Some(Packet::Auth(a))) if conversation.is_some() => {
+                    conn.heard.set(Some(now));
                     // Re-authentication (§4.12.1), on the method the CONNECT chose.
                     let Some(conv) = conversation.as_mut() else {
                         break;
@@ -787,6 +788,9 @@ async fn read_loop<S: Transport>(
                     }
                 }
                 Ok(Some(p)) => {
+                    // Keep Alive counts whole Control Packets [MQTT-3.1.2-24]: bytes trickling
+                    // in (a packet sent a byte at a time) do not keep a connection alive.
+                    conn.heard.set(Some(now));
                     published += u32::from(matches!(p, Packet::Publish(_)));
                     let r = e.session.handle(p, now, &mut actions);
                     if let Err(err) = r {
@@ -854,7 +858,6 @@ async fn read_loop<S: Transport>(
         }
         let mut s = shard.borrow_mut();
         s.stats.bytes_in += std::mem::take(&mut rd.uncounted);
-        conn.heard.set(Some(s.now));
     }
 }
 

@@ -14,10 +14,12 @@
 //! - [`conn`]: a connection's reader and writer tasks;
 //! - [`tls`] and [`websocket`]: the TLS handshake and the WebSocket upgrade and framing
 //!   under a connection;
-//! - [`wheel`]: the per-shard keep alive wheel.
+//! - [`wheel`]: the per-shard keep alive wheel;
+//! - [`fds`]: the open-file limit, raised at start-up.
 
 pub mod conn;
 pub mod durability;
+pub mod fds;
 pub mod listen;
 pub mod run;
 pub mod spawn;

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use super::conn::{self, ConnShared, Origin};
 use super::durability::Effects;
+use super::fds;
 use super::listen::bind_shared;
 use super::spawn::{run_on_runtime, spawn_pinned};
 use super::state::directory_shard;
@@ -275,6 +276,27 @@ pub fn start_with_hooks(
         return Err(format!(
             "{n} shards requested; shardmq runs 1 to {MAX_SHARDS} shards (set --shards or --cores)"
         ));
+    }
+
+    // One descriptor per connection: the soft default (often 1024) would cap the broker.
+    if let Some(r) = fds::raise() {
+        if r.now > r.before {
+            tracing::info!(
+                "open-file limit raised from {} to {} (the hard limit)",
+                r.before,
+                r.now
+            );
+        } else {
+            tracing::info!("open-file limit {} (hard limit {})", r.now, r.hard);
+        }
+        let max = config.limits.max_connections as u64;
+        if max + 64 > r.now {
+            tracing::warn!(
+                "limits.max_connections ({max}) is above what the open-file limit ({}) allows: accepts fail (and back off) from about {} connections; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower max_connections",
+                r.now,
+                r.now.saturating_sub(64)
+            );
+        }
     }
 
     let queue = config.limits.auth_queue;
@@ -593,6 +615,9 @@ impl Kind {
 /// One shard's socket of a listener, and what it speaks.
 type Listener = (std::net::TcpListener, Kind);
 
+/// The first pause after a failed `accept`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
 async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListener, kind: Kind) {
     let max = shard.borrow().shared.config.limits.max_connections;
     // A publish accepted here before another shard has its recovered sessions (and their
@@ -601,9 +626,16 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListen
     while shard.borrow().shared.seeded.load(Ordering::Acquire) < count {
         monoio::time::sleep(Duration::from_millis(1)).await;
     }
+    let mut failed = 0u64;
+    let mut backoff = ACCEPT_BACKOFF;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                if failed > 0 {
+                    tracing::info!(failures = failed, "accepting connections again");
+                    failed = 0;
+                    backoff = ACCEPT_BACKOFF;
+                }
                 if shard.borrow().shared.shutdown.load(Ordering::Relaxed) {
                     drop(stream);
                     continue;
@@ -648,9 +680,29 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: monoio::net::TcpListen
                 }
             }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                monoio::time::sleep(Duration::from_millis(10)).await;
+                // Out of file descriptors (or another failure): back off, doubling up to a
+                // second, instead of spinning on a listener whose backlog stays full; log the
+                // first failure and then at 2, 4, 8 … so that a long outage is not a flood.
+                let fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                let failures = {
+                    let mut s = shard.borrow_mut();
+                    s.stats.accept_errors[usize::from(!fds)] += 1;
+                    failed += 1;
+                    failed
+                };
+                if failures.is_power_of_two() {
+                    if fds {
+                        tracing::warn!(
+                            failures,
+                            "accept failed: {e}; out of file descriptors (open-file limit {}): backing off; raise the limit (ulimit -n, systemd LimitNOFILE=) or limits.max_connections below it",
+                            fds::soft_limit()
+                        );
+                    } else {
+                        tracing::warn!(failures, "accept failed: {e}; backing off");
+                    }
+                }
+                monoio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     }

@@ -240,6 +240,8 @@ pub struct Stats {
     pub connections: [u64; 4],
     /// Connections accepted, by transport.
     pub accepted: [u64; 4],
+    /// `accept` failures: out of file descriptors (EMFILE / ENFILE), other errors.
+    pub accept_errors: [u64; 2],
     /// CONNECTs refused for a bad user name or password.
     pub auth_bad_credentials: u64,
     /// CONNECTs refused as not authorized.
@@ -548,6 +550,7 @@ impl Shard {
         crate::metrics::ShardSnapshot {
             connections: st.connections,
             accepted: st.accepted,
+            accept_errors: st.accept_errors,
             received: st.received_qos,
             delivered: st.delivered_qos,
             bytes_in: st.bytes_in,

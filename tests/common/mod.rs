@@ -44,11 +44,30 @@ impl Broker {
     /// Starts `shardmq --listen 127.0.0.1:0 --shards N --no-pin` plus `extra` flags, with a
     /// data directory of its own unless `extra` names one (or turns persistence off).
     pub fn start(shards: usize, extra: &[&str]) -> Broker {
+        Broker::start_via(&[], shards, extra)
+    }
+
+    /// [`start`](Self::start) with the open-file limit (soft and hard) set to `nofile` by
+    /// util-linux `prlimit`, which then execs the broker (same process).
+    pub fn start_with_nofile(nofile: u64, shards: usize, extra: &[&str]) -> Broker {
+        let limit = format!("--nofile={nofile}:{nofile}");
+        Broker::start_via(&["prlimit", &limit, "--"], shards, extra)
+    }
+
+    fn start_via(wrapper: &[&str], shards: usize, extra: &[&str]) -> Broker {
         let own_data_dir = (!extra
             .iter()
             .any(|a| *a == "--data-dir" || *a == "--no-persistence"))
         .then(|| temp_dir("data"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardmq"));
+        let bin = env!("CARGO_BIN_EXE_shardmq");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         if let Some(d) = &own_data_dir {
             cmd.arg("--data-dir").arg(d);
         }

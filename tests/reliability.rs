@@ -1,0 +1,431 @@
+//! Misbehaving clients and resource exhaustion (issue 11), against the real binary: clients
+//! that trickle bytes (slowloris) before and after CONNECT, a client that goes silent without
+//! closing, a subscriber that never reads while publishers flood, 10 000 clients connecting
+//! at once, and a broker run out of file descriptors. Each test bounds its time and count, and
+//! checks that everyone else keeps being served.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Broker, Raw, WAIT, connect_packet, run_bounded};
+use shardmq::protocol::{
+    Connect, Packet, PubAck, Publish, QoS, Subscribe, SubscriptionOptions, Version, Will,
+};
+
+/// A config file with `[limits]` lines, removed on drop.
+struct Config(std::path::PathBuf);
+
+impl Config {
+    fn limits(name: &str, lines: &str) -> Config {
+        let dir = common::temp_dir(name);
+        let path = dir.join("shardmq.toml");
+        std::fs::write(&path, format!("[limits]\n{lines}\n")).unwrap();
+        Config(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for Config {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn client(b: &Broker, id: &str, keep_alive: u16) -> Raw {
+    let v = Version::V3_1_1;
+    let mut r = Raw::connect(b.addr, v);
+    r.send(&connect_packet(v, id, true, keep_alive));
+    assert!(matches!(r.recv(), Some(Packet::ConnAck(a)) if a.reason.is_success()));
+    r
+}
+
+fn subscribe(r: &mut Raw, filter: &str, qos: QoS) {
+    r.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        filters: vec![(
+            shardmq::protocol::TopicFilter::new(filter.to_string()).unwrap(),
+            SubscriptionOptions::qos(qos),
+        )],
+        properties: Default::default(),
+    }));
+    assert!(matches!(r.recv(), Some(Packet::SubAck(_))));
+}
+
+fn publish_packet(topic: &str, payload: Vec<u8>, qos: QoS, id: u16) -> Packet {
+    Packet::Publish(Publish {
+        qos,
+        topic: shardmq::protocol::TopicName::new(topic.to_string()).unwrap(),
+        packet_id: if qos == QoS::AtMostOnce { 0 } else { id },
+        payload: payload.into(),
+        ..Default::default()
+    })
+}
+
+fn encode(p: &Packet) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    p.encode(Version::V3_1_1, &mut out).unwrap();
+    out.to_vec()
+}
+
+/// A bystander's round trip: PINGREQ answered.
+fn still_served(r: &mut Raw) {
+    r.send(&Packet::PingReq);
+    assert!(
+        matches!(r.recv(), Some(Packet::PingResp)),
+        "bystander not served"
+    );
+}
+
+/// Sends `bytes` one at a time, `gap` apart, until the broker closes the connection; returns
+/// how many it took. Panics if all of them went through and it is still open after `WAIT`.
+fn trickle(stream: &mut TcpStream, bytes: &[u8], gap: Duration, bystander: &mut Raw) -> usize {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(1)))
+        .unwrap();
+    for (i, b) in bytes.iter().enumerate() {
+        if stream.write_all(std::slice::from_ref(b)).is_err() {
+            return i;
+        }
+        std::thread::sleep(gap);
+        let mut buf = [0u8; 64];
+        match stream.read(&mut buf) {
+            Ok(0) => return i + 1,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return i + 1,
+        }
+        if i % 4 == 0 {
+            still_served(bystander);
+        }
+    }
+    panic!(
+        "the connection stayed open through all {} bytes",
+        bytes.len()
+    );
+}
+
+#[test]
+fn a_client_trickling_its_connect_is_cut_at_the_connect_timeout() {
+    let config = Config::limits("slowloris-connect", "connect_timeout_secs = 2");
+    let b = Broker::start(1, &["--config", config.path(), "--no-persistence"]);
+    let mut bystander = client(&b, "bystander", 30);
+    // A CONNECT padded with a long client id, sent a byte every 200 ms: 50 s if let through.
+    let id = "x".repeat(240);
+    let bytes = encode(&connect_packet(Version::V3_1_1, &id, true, 30));
+    let mut slow = TcpStream::connect(b.addr).unwrap();
+    let start = Instant::now();
+    let sent = trickle(
+        &mut slow,
+        &bytes,
+        Duration::from_millis(200),
+        &mut bystander,
+    );
+    // A lower bound only: the 2 s timeout, checked by a one-second wheel.
+    assert!(start.elapsed() >= Duration::from_secs(2));
+    assert!(sent < bytes.len());
+    still_served(&mut bystander);
+}
+
+#[test]
+fn a_client_trickling_a_packet_after_connect_is_cut_by_keep_alive() {
+    let b = Broker::start(1, &["--no-persistence"]);
+    let mut bystander = client(&b, "bystander", 30);
+    // Keep Alive 1 s: the broker waits 1.5 s (rounded up to 2) for a whole Control Packet.
+    let mut slow = client(&b, "slow", 1);
+    let bytes = encode(&publish_packet("trickle", vec![7; 100], QoS::AtMostOnce, 0));
+    let sent = trickle(
+        &mut slow.stream,
+        &bytes,
+        Duration::from_millis(200),
+        &mut bystander,
+    );
+    assert!(
+        sent < bytes.len(),
+        "cut after {sent} of {} bytes",
+        bytes.len()
+    );
+    still_served(&mut bystander);
+}
+
+#[test]
+fn a_client_that_goes_silent_is_caught_by_keep_alive_and_its_will_published() {
+    let b = Broker::start(1, &["--no-persistence"]);
+    let mut watcher = client(&b, "watcher", 30);
+    subscribe(&mut watcher, "wills/#", QoS::AtLeastOnce);
+    let v = Version::V3_1_1;
+    let mut silent = Raw::connect(b.addr, v);
+    silent.send(&Packet::Connect(Box::new(Connect {
+        version: v,
+        clean_start: true,
+        keep_alive: 1,
+        client_id: "silent".into(),
+        will: Some(Will {
+            topic: "wills/silent".into(),
+            payload: bytes::Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+        }),
+        username: None,
+        password: None,
+        properties: Default::default(),
+    })));
+    assert!(matches!(silent.recv(), Some(Packet::ConnAck(_))));
+    // The socket stays open but nothing more is sent (as when a device loses power or its
+    // network: no FIN ever arrives). Keep alive closes it and publishes the will.
+    let start = Instant::now();
+    match watcher.recv() {
+        Some(Packet::Publish(p)) => {
+            assert_eq!(&p.payload[..], b"gone");
+            watcher.send(&Packet::PubAck(PubAck::new(p.packet_id)));
+        }
+        other => panic!("the will expected, got {other:?}"),
+    }
+    assert!(start.elapsed() >= Duration::from_secs(1));
+    assert!(silent.expect_closed().is_empty());
+}
+
+/// The broker's `shardmq_…` value of a series, from its metrics endpoint.
+fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn metrics_addr(b: &Broker) -> SocketAddr {
+    let line = b.line_containing("serving metrics on http://");
+    let rest = line.split("serving metrics on http://").nth(1).unwrap();
+    rest.split('/').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_subscriber_that_never_reads_keeps_the_broker_bounded_and_others_served() {
+    let b = Broker::start(2, &["--no-persistence", "--metrics-listen", "127.0.0.1:0"]);
+    let metrics = metrics_addr(&b);
+    // Two subscribers to everything that never read again: one at QoS 0, one at QoS 1
+    // (with a small receive buffer, so the broker's side fills first).
+    let mut stuck = Vec::new();
+    for (id, qos) in [("stuck-0", QoS::AtMostOnce), ("stuck-1", QoS::AtLeastOnce)] {
+        let mut r = client(&b, id, 0);
+        socket2::SockRef::from(&r.stream)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        subscribe(&mut r, "flood/#", qos);
+        stuck.push(r);
+    }
+    // A pair that must keep going meanwhile.
+    let mut sub = client(&b, "pair-sub", 30);
+    subscribe(&mut sub, "pair/x", QoS::AtLeastOnce);
+    let mut pair_pub = client(&b, "pair-pub", 30);
+    let rss_before = b.rss_kib();
+    // 4 publishers × 2 000 × 16 KiB = 125 MiB offered to each stuck subscriber.
+    let addr = b.addr;
+    let floods: Vec<_> = (0..4)
+        .map(|p| {
+            std::thread::spawn(move || {
+                let v = Version::V3_1_1;
+                let mut r = Raw::connect(addr, v);
+                r.send(&connect_packet(v, &format!("flooder-{p}"), true, 30));
+                assert!(matches!(r.recv(), Some(Packet::ConnAck(_))));
+                let payload = vec![b'f'; 16 * 1024];
+                for i in 0..2000u16 {
+                    r.send(&publish_packet(
+                        "flood/data",
+                        payload.clone(),
+                        QoS::AtLeastOnce,
+                        i % 60000 + 1,
+                    ));
+                    assert!(matches!(r.recv(), Some(Packet::PubAck(_))));
+                }
+            })
+        })
+        .collect();
+    let mut pair_got = 0;
+    let mut peak = rss_before;
+    for i in 0..200u16 {
+        pair_pub.send(&publish_packet(
+            "pair/x",
+            i.to_be_bytes().to_vec(),
+            QoS::AtLeastOnce,
+            i + 1,
+        ));
+        assert!(matches!(pair_pub.recv(), Some(Packet::PubAck(_))));
+        if let Some(Packet::Publish(p)) = sub.recv() {
+            assert_eq!(&p.payload[..], i.to_be_bytes());
+            sub.send(&Packet::PubAck(PubAck::new(p.packet_id)));
+            pair_got += 1;
+        }
+        peak = peak.max(b.rss_kib());
+    }
+    for f in floods {
+        f.join().unwrap();
+    }
+    peak = peak.max(b.rss_kib());
+    assert_eq!(pair_got, 200, "the pair lost messages during the flood");
+    // Bound: per stuck subscriber its write buffer (limits.max_write_buffer, 4 MiB) and its
+    // queue (max_queued_bytes, 16 MiB), plus room for the allocator and the other clients.
+    let bound_kib = 2 * (4 + 16) * 1024 + 48 * 1024;
+    let grown = peak.saturating_sub(rss_before);
+    println!(
+        "RSS {rss_before} KiB before, peak {peak} KiB (+{grown} KiB) while 125 MiB were offered to each of two stuck subscribers; bound +{bound_kib} KiB"
+    );
+    assert!(grown < bound_kib, "RSS grew by {grown} KiB");
+    // What was not delivered is counted.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let slow = metric(
+            metrics,
+            "shardmq_messages_dropped_total{reason=\"slow_consumer\"}",
+        );
+        let full = metric(
+            metrics,
+            "shardmq_messages_dropped_total{reason=\"queue_full\"}",
+        );
+        if slow > 0.0 && full > 0.0 {
+            println!("dropped: slow_consumer {slow}, queue_full {full}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "drops not counted: slow_consumer {slow}, queue_full {full}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    still_served(&mut pair_pub);
+    drop(stuck);
+}
+
+/// The hard open-file limit of this process (what a child may be given).
+fn hard_nofile() -> u64 {
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(1024)
+}
+
+#[test]
+fn ten_thousand_clients_connecting_at_once() {
+    // The load generator needs one descriptor per client, as does the broker (separate
+    // processes, each with this limit).
+    let n = 10_000.min(hard_nofile().saturating_sub(200));
+    let b = Broker::start(2, &["--no-persistence"]);
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_shardmq"));
+    bench
+        .args([
+            "bench",
+            "conn",
+            "-n",
+            &n.to_string(),
+            "--inflight",
+            &n.to_string(),
+        ])
+        .args(["-p", &b.port().to_string(), "-d", "1", "--warmup", "0"])
+        .args(["--broker-pid", &b.child.id().to_string()]);
+    let (code, out) = run_bounded(bench, Duration::from_secs(120));
+    println!("{out}");
+    assert_eq!(code, Some(0), "bench conn -n {n} failed:\n{out}");
+    let json = out.lines().rfind(|l| l.starts_with('{')).unwrap();
+    assert!(json.contains("\"failed_clients\":0"), "{json}");
+    assert!(json.contains(&format!("\"connections\":{n}")), "{json}");
+    // And the broker serves as before.
+    let mut after = client(&b, "after", 30);
+    still_served(&mut after);
+}
+
+/// CPU seconds the process has used (user + system), from /proc.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are 11 and 12 after the state field.
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[test]
+fn out_of_file_descriptors_the_broker_backs_off_and_recovers() {
+    let mut b = Broker::start_with_nofile(
+        64,
+        1,
+        &["--no-persistence", "--metrics-listen", "127.0.0.1:0"],
+    );
+    let metrics = metrics_addr(&b);
+    let mut bystander = client(&b, "bystander", 30);
+    // Far more connections than descriptors: the first ones are served, the rest wait in the
+    // listen backlog while accept fails with EMFILE.
+    let v = Version::V3_1_1;
+    let mut conns = Vec::new();
+    for i in 0..100 {
+        let mut s = TcpStream::connect(b.addr).unwrap();
+        s.write_all(&{
+            let mut out = bytes::BytesMut::new();
+            connect_packet(v, &format!("c{i}"), true, 30)
+                .encode(v, &mut out)
+                .unwrap();
+            out
+        })
+        .unwrap();
+        conns.push(s);
+    }
+    b.line_containing("out of file descriptors");
+    let deadline = Instant::now() + WAIT;
+    while metric(
+        metrics,
+        "shardmq_accept_errors_total{reason=\"open_files\"}",
+    ) == 0.0
+    {
+        assert!(Instant::now() < deadline, "accept errors not counted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Backing off, not spinning: over two seconds of exhaustion the broker uses a small
+    // part of one core (a spinning accept loop would use all of it).
+    let pid = b.child.id();
+    let (cpu0, t0) = (cpu_secs(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = (cpu_secs(pid) - cpu0) / t0.elapsed().as_secs_f64();
+    assert!(
+        used < 0.5,
+        "the broker used {used:.2} of a core while out of descriptors"
+    );
+    still_served(&mut bystander);
+    assert!(b.alive());
+    // Descriptors free up: the broker accepts again.
+    drop(conns);
+    b.line_containing("accepting connections again");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut r = Raw::connect(b.addr, v);
+        r.stream
+            .set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        r.send(&connect_packet(v, "late", true, 30));
+        if matches!(r.try_recv(), Some(Packet::ConnAck(a)) if a.reason.is_success()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the broker did not recover");
+    }
+    still_served(&mut bystander);
+}
