@@ -156,6 +156,12 @@ macro_rules! bytes_newtype {
             pub fn is_empty(&self) -> bool {
                 self.0.is_empty()
             }
+
+            /// The same value in an allocation of its own, so that it no longer keeps the
+            /// (larger) buffer it was decoded from alive.
+            pub fn detached(&self) -> Self {
+                Self(Bytes::copy_from_slice(&self.0))
+            }
         }
 
         impl fmt::Debug for $t {

@@ -216,7 +216,8 @@ pub struct Origin {
 /// on a WebSocket listener.
 struct Source<S: Transport> {
     rd: OwnedReadHalf<S>,
-    ws: Option<WsReader>,
+    /// Boxed: most connections are plain MQTT, and this is part of every connection's task.
+    ws: Option<Box<WsReader>>,
     /// MQTT bytes read and not yet added to the shard's count.
     uncounted: u64,
 }
@@ -231,7 +232,9 @@ impl<S: Transport> Source<S> {
     ) -> std::io::Result<usize> {
         let n = match &mut self.ws {
             None => fill(&mut self.rd, buf, want).await,
-            Some(ws) => ws.fill(&mut self.rd, buf, want, conn).await,
+            // Boxed: the WebSocket reader's state would otherwise make every connection's
+            // task (plain TCP ones too) that much larger while it waits for bytes.
+            Some(ws) => Box::pin(ws.fill(&mut self.rd, buf, want, conn)).await,
         }?;
         self.uncounted += n as u64;
         Ok(n)
@@ -240,13 +243,17 @@ impl<S: Transport> Source<S> {
 
 /// Serves one accepted connection until it closes. `fd` is its TCP socket (shut down to
 /// close it). `ws`: the connection speaks WebSocket (its upgrade is done).
-pub async fn serve<S: Transport>(
+///
+/// The setup runs at once; the returned task holds only what the connection needs while it
+/// lives (an async fn would keep its arguments for its whole life), because every idle
+/// connection is one such task.
+pub fn serve<S: Transport>(
     shard: Rc<RefCell<Shard>>,
     stream: S,
     fd: RawFd,
     origin: Origin,
     ws: Option<WsReader>,
-) {
+) -> impl std::future::Future<Output = ()> {
     let conn = {
         let mut s = shard.borrow_mut();
         let grace = s.shared.config.limits.connect_timeout_secs.max(1);
@@ -261,15 +268,32 @@ pub async fn serve<S: Transport>(
         s.stats.accepted[transport] += 1;
     }
     let (rd, wr) = stream.into_split();
-    let framing = ws.is_some().then(WsWriter::default);
+    // Boxed: most connections are plain MQTT, and this is part of every writer task.
+    let framing = ws.is_some().then(Box::<WsWriter>::default);
     monoio::spawn(writer(shard.clone(), conn.clone(), wr, framing));
-    let mut rd = Source {
+    let rd = Source {
         rd,
-        ws,
+        ws: ws.map(Box::new),
         uncounted: 0,
     };
+    run(shard, conn, rd, Box::new(origin), transport)
+}
+
+/// A connection's reading side until it ends, then its teardown.
+async fn run<S: Transport>(
+    shard: Rc<RefCell<Shard>>,
+    conn: Rc<ConnShared>,
+    mut rd: Source<S>,
+    origin: Box<Origin>,
+    transport: usize,
+) {
     let origin_peer = origin.peer;
-    let why = read_loop(&shard, &conn, &mut rd, origin).await;
+    // The handshake is boxed: its state (CONNECT, authentication) lives on the heap only
+    // until CONNACK, so an idle connection's task is only as large as the packet loop's.
+    let why = match Box::pin(handshake(&shard, &conn, &mut rd, *origin)).await {
+        Ok(e) => packets(&shard, &conn, &mut rd, e).await,
+        Err(why) => why,
+    };
     if conn.slot.get().is_none() {
         tracing::debug!(token = conn.token, peer = ?origin_peer, why, "connection closed before CONNACK");
     }
@@ -440,12 +464,33 @@ pub async fn fill(
     res
 }
 
-async fn read_loop<S: Transport>(
+/// What the packet loop needs of a connection that got its CONNACK (kept small: it is part
+/// of every idle connection's task).
+struct Established {
+    buf: BytesMut,
+    version: Version,
+    slot: usize,
+    /// The enhanced authentication method's conversation, for re-authentication (5.0).
+    reauth: Option<Box<Reauth>>,
+    read_buffer: usize,
+    max_packet: u32,
+}
+
+/// A 5.0 connection's enhanced authentication, kept for AUTH packets after CONNACK.
+struct Reauth {
+    conversation: Conversation,
+    client_id: Str,
+    username: Option<Str>,
+}
+
+/// From the first byte to CONNACK: CONNECT, authentication, the client id's claim, the
+/// session installed. `Err`: why the connection ends.
+async fn handshake<S: Transport>(
     shard: &Rc<RefCell<Shard>>,
     conn: &Rc<ConnShared>,
     rd: &mut Source<S>,
     origin: Origin,
-) -> &'static str {
+) -> Result<Established, &'static str> {
     let peer = origin.peer;
     let (read_buffer, max_packet, max_client_id) = {
         let s = shard.borrow();
@@ -463,7 +508,7 @@ async fn read_loop<S: Transport>(
     let mut connect: Box<Connect> = loop {
         match decode(&mut buf, Version::V3_1_1, max_packet) {
             Ok(Some(Packet::Connect(c))) => break c,
-            Ok(Some(_)) => return "first packet was not CONNECT [MQTT-3.1.0-1]",
+            Ok(Some(_)) => return Err("first packet was not CONNECT [MQTT-3.1.0-1]"),
             Ok(None) => {}
             Err(e) => {
                 if e.reason == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION {
@@ -473,20 +518,28 @@ async fn read_loop<S: Transport>(
                     conn.wake_writer();
                 }
                 tracing::debug!(token = conn.token, error = %e, "bad CONNECT");
-                return "malformed CONNECT";
+                return Err("malformed CONNECT");
             }
         }
         // Small reads: the CONNECT's strings (client id, will) point into this buffer and
         // keep it alive as long as the session, so it must not be a full read buffer.
         match rd.fill(&mut buf, IDLE_BUFFER, conn).await {
-            Ok(0) | Err(_) => return "closed before CONNECT",
+            Ok(0) | Err(_) => return Err("closed before CONNECT"),
             Ok(_) => {}
         }
         if conn.is_closing() {
-            return "connect timeout";
+            return Err("connect timeout");
         }
     };
     let version = connect.version;
+    // The CONNECT's strings point into the read buffer; what the session keeps (the client
+    // id, the will's topic and payload) is copied out, so that buffer is freed after CONNACK
+    // (every idle connection would otherwise hold two).
+    connect.client_id = connect.client_id.detached();
+    if let Some(w) = connect.will.as_mut() {
+        w.topic = w.topic.detached();
+        w.payload = Bytes::copy_from_slice(&w.payload);
+    }
 
     // `tls.use_identity_as_username`: on a TLS listener the verified client certificate's
     // common name is the user name, and no password is checked (as in mosquitto).
@@ -499,7 +552,7 @@ async fn read_loop<S: Transport>(
                 encode_refusal(version, ReasonCode::NOT_AUTHORIZED, &mut out);
                 conn.leftover.borrow_mut().extend_from_slice(&out);
                 conn.wake_writer();
-                return "client certificate without a common name";
+                return Err("client certificate without a common name");
             }
         }
     }
@@ -536,11 +589,11 @@ async fn read_loop<S: Transport>(
                     send_early(conn, version, &Packet::Auth(auth));
                     let packet = match next_packet(rd, &mut buf, conn, version, max_packet).await {
                         Ok(p) => p,
-                        Err(why) => return why,
+                        Err(why) => return Err(why),
                     };
                     reply = match packet {
                         Packet::Auth(a) => conv.auth(&auths, client, &a),
-                        Packet::Disconnect(_) => return "DISCONNECT during authentication",
+                        Packet::Disconnect(_) => return Err("DISCONNECT during authentication"),
                         _ => Reply::ConnAck {
                             reason: ReasonCode::PROTOCOL_ERROR,
                             data: None,
@@ -557,7 +610,7 @@ async fn read_loop<S: Transport>(
                     conn.leftover.borrow_mut().extend_from_slice(&out);
                     conn.wake_writer();
                     tracing::debug!(token = conn.token, %reason, "authentication refused");
-                    return "authentication refused";
+                    return Err("authentication refused");
                 }
             }
         }
@@ -587,7 +640,7 @@ async fn read_loop<S: Transport>(
             conn.leftover.borrow_mut().extend_from_slice(&out);
             conn.wake_writer();
             tracing::debug!(token = conn.token, %reason, "{why}");
-            return why;
+            return Err(why);
         }
     }
 
@@ -610,7 +663,7 @@ async fn read_loop<S: Transport>(
         encode_refusal(version, reason, &mut out);
         conn.leftover.borrow_mut().extend_from_slice(&out);
         conn.wake_writer();
-        return "will refused";
+        return Err("will refused");
     }
 
     let accepted = {
@@ -632,7 +685,7 @@ async fn read_loop<S: Transport>(
             encode_refusal(version, reason, &mut out);
             conn.leftover.borrow_mut().extend_from_slice(&out);
             conn.wake_writer();
-            return "client identifier refused";
+            return Err("client identifier refused");
         }
     };
 
@@ -665,7 +718,7 @@ async fn read_loop<S: Transport>(
         encode_refusal(version, ReasonCode::NOT_AUTHORIZED, &mut out);
         conn.leftover.borrow_mut().extend_from_slice(&out);
         conn.wake_writer();
-        return "will topic denied by the ACL";
+        return Err("will topic denied by the ACL");
     }
 
     // Claim the client id from its directory shard; wait for the grant (with the session to
@@ -687,7 +740,7 @@ async fn read_loop<S: Transport>(
     })
     .await;
     let Some(granted) = granted else {
-        return "superseded by a newer connection with the same client id";
+        return Err("superseded by a newer connection with the same client id");
     };
 
     let slot = {
@@ -737,6 +790,37 @@ async fn read_loop<S: Transport>(
     let username = connect.username.clone();
     drop(connect);
 
+    Ok(Established {
+        buf,
+        version,
+        slot,
+        reauth: conversation.map(|conversation| {
+            Box::new(Reauth {
+                conversation,
+                client_id: accepted.client_id,
+                username,
+            })
+        }),
+        read_buffer,
+        max_packet,
+    })
+}
+
+/// The packets of a connection after CONNACK, until it ends; returns why.
+async fn packets<S: Transport>(
+    shard: &Rc<RefCell<Shard>>,
+    conn: &Rc<ConnShared>,
+    rd: &mut Source<S>,
+    e: Established,
+) -> &'static str {
+    let Established {
+        mut buf,
+        version,
+        slot,
+        mut reauth,
+        read_buffer,
+        max_packet,
+    } = e;
     let mut actions = Vec::new();
     let mut last_read = 0usize;
     let (rate, burst) = {
@@ -754,10 +838,15 @@ async fn read_loop<S: Transport>(
                 return "session taken over";
             };
             match decode(&mut buf, version, max_packet) {
-                Ok(Some(Packet::Auth(a))) if conversation.is_some() => {
+                Ok(Some(Packet::Auth(a))) if reauth.is_some() => {
                     conn.heard.set(Some(now));
                     // Re-authentication (§4.12.1), on the method the CONNECT chose.
-                    let Some(conv) = conversation.as_mut() else {
+                    let Some(Reauth {
+                        conversation: conv,
+                        client_id,
+                        username,
+                    }) = reauth.as_deref_mut()
+                    else {
                         break;
                     };
                     let auths = s.shared.authenticators.clone();
@@ -765,7 +854,7 @@ async fn read_loop<S: Transport>(
                         return "session taken over";
                     };
                     let client = Client {
-                        client_id: accepted.client_id.as_str(),
+                        client_id: client_id.as_str(),
                         username: username.as_ref().map(|u| u.as_str()),
                     };
                     match conv.auth(&auths, client, &a) {
@@ -877,7 +966,7 @@ async fn writer<S: Transport>(
     shard: Rc<RefCell<Shard>>,
     conn: Rc<ConnShared>,
     mut wr: OwnedWriteHalf<S>,
-    mut ws: Option<WsWriter>,
+    mut ws: Option<Box<WsWriter>>,
 ) {
     let mut spare = BytesMut::new();
     if let Some(ws) = ws.as_mut() {
