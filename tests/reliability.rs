@@ -1,8 +1,9 @@
 //! Misbehaving clients and resource exhaustion (issue 11), against the real binary: clients
 //! that trickle bytes (slowloris) before and after CONNECT, a client that goes silent without
 //! closing, a subscriber that never reads while publishers flood, 10 000 clients connecting
-//! at once, and a broker run out of file descriptors. Each test bounds its time and count, and
-//! checks that everyone else keeps being served.
+//! at once, a broker run out of file descriptors, and a session taken over again and again
+//! while messages flow to it. Each test bounds its time and count, and checks that everyone
+//! else keeps being served.
 
 mod common;
 
@@ -428,4 +429,78 @@ fn out_of_file_descriptors_the_broker_backs_off_and_recovers() {
         assert!(Instant::now() < deadline, "the broker did not recover");
     }
     still_served(&mut bystander);
+}
+
+#[test]
+fn a_session_taken_over_again_and_again_while_messages_flow_misses_none() {
+    for shards in [1, 2] {
+        let b = Broker::start(shards, &["--no-persistence"]);
+        let v = Version::V3_1_1;
+        let resume = || {
+            let mut r = Raw::connect(b.addr, v);
+            r.send(&connect_packet(v, "resumer", false, 30));
+            assert!(matches!(r.recv(), Some(Packet::ConnAck(_))));
+            r
+        };
+        let mut sub = resume();
+        subscribe(&mut sub, "flow/#", QoS::AtLeastOnce);
+        let total = 3000u32;
+        let addr = b.addr;
+        let publisher = std::thread::spawn(move || {
+            let mut r = Raw::connect(addr, v);
+            r.send(&connect_packet(v, "flow-pub", true, 30));
+            assert!(matches!(r.recv(), Some(Packet::ConnAck(_))));
+            for i in 0..total {
+                let id = (i % 60000 + 1) as u16;
+                r.send(&publish_packet(
+                    "flow/x",
+                    i.to_be_bytes().to_vec(),
+                    QoS::AtLeastOnce,
+                    id,
+                ));
+                assert!(matches!(r.recv(), Some(Packet::PubAck(_))));
+                // About 2 000 a second: the takeovers fall among the messages.
+                if i % 20 == 19 {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        });
+        let mut got = std::collections::HashSet::new();
+        let mut takeovers = 0;
+        let deadline = Instant::now() + 2 * WAIT;
+        while got.len() < total as usize {
+            assert!(
+                Instant::now() < deadline,
+                "{shards} shards: {} of {total} arrived after {takeovers} takeovers; missing {:?}",
+                got.len(),
+                (0..total)
+                    .filter(|i| !got.contains(i))
+                    .take(20)
+                    .collect::<Vec<_>>()
+            );
+            // Read (and acknowledge) for a moment, then take the session over with a new
+            // connection; what the old one did not acknowledge comes again on the new one.
+            sub.stream
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            let until = Instant::now() + Duration::from_millis(30);
+            while Instant::now() < until {
+                match sub.try_recv() {
+                    Some(Packet::Publish(p)) => {
+                        got.insert(u32::from_be_bytes(p.payload[..4].try_into().unwrap()));
+                        sub.send(&Packet::PubAck(PubAck::new(p.packet_id)));
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            if !publisher.is_finished() {
+                sub = resume();
+                takeovers += 1;
+            }
+        }
+        publisher.join().unwrap();
+        println!("{shards} shards: {total} of {total} arrived over {takeovers} takeovers");
+        assert!(takeovers > 5);
+    }
 }

@@ -83,6 +83,53 @@ pub enum Envelope {
         token: u64,
         /// The session to resume.
         session: Option<Box<Session>>,
+        /// The session's old shard keeps a stub of it (see [`Stub`]) until the new owner
+        /// has indexed it.
+        stub: Option<Stub>,
+    },
+    /// From a session's old shard to its new one during a takeover: a message that matched
+    /// the stub left there, with the grant the session's subscriptions gave it.
+    Forward {
+        /// The session's client identifier.
+        client_id: Str,
+        /// Its connection on the receiver.
+        token: u64,
+        /// The message.
+        msg: Message,
+        /// The granted QoS.
+        qos: crate::protocol::QoS,
+        /// The RETAIN flag the client sees.
+        retain: bool,
+        /// The matching Subscription Identifiers.
+        ids: Vec<u32>,
+    },
+    /// To a session's old shard: the new owner (`shard`, connection `token`) has indexed the
+    /// session, so the stub may go once every shard has seen that (a [`Envelope::Fence`]).
+    Settled {
+        /// The stub.
+        stub: Stub,
+        /// The new owner.
+        shard: usize,
+        /// Its connection.
+        token: u64,
+    },
+    /// Answered with [`Envelope::FenceAck`]: everything the receiver sent to `from` before
+    /// (on the same FIFO ring) has arrived by the time the answer does.
+    Fence {
+        /// The asking shard.
+        from: usize,
+        /// Which fence.
+        id: u64,
+    },
+    /// The answer to a [`Envelope::Fence`].
+    FenceAck {
+        /// Which fence.
+        id: u64,
+    },
+    /// To a session's new owner: the old shard's stub is gone; no more duplicates can come.
+    Unsettle {
+        /// The session's connection.
+        token: u64,
     },
     /// To the directory shard: the session of `client_id` owned by `token` has ended.
     Release {
@@ -91,6 +138,19 @@ pub enum Envelope {
         /// The connection that owned it.
         token: u64,
     },
+}
+
+/// Where a session's stub stays while its takeover settles: the old shard keeps the
+/// session's subscriptions indexed on a stub slot that forwards what matches to the new
+/// owner, so no publish falls between the two shards' routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stub {
+    /// The old shard.
+    pub shard: usize,
+    /// The stub's slot there.
+    pub slot: usize,
+    /// The stub's token (the slot may be reused after).
+    pub token: u64,
 }
 
 impl Envelope {

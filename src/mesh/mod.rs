@@ -52,5 +52,5 @@ pub mod ring;
 mod sync;
 
 pub use doorbell::{Doorbell, Park, Wake};
-pub use envelope::Envelope;
+pub use envelope::{Envelope, Stub};
 pub use ring::{Consumer, FlushOutcome, Producer, channel};

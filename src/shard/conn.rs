@@ -290,7 +290,7 @@ async fn run<S: Transport>(
     let origin_peer = origin.peer;
     // The handshake is boxed: its state (CONNECT, authentication) lives on the heap only
     // until CONNACK, so an idle connection's task is only as large as the packet loop's.
-    let why = match Box::pin(handshake(&shard, &conn, &mut rd, *origin)).await {
+    let why = match Box::pin(handshake(&shard, &conn, &mut rd, origin)).await {
         Ok(e) => packets(&shard, &conn, &mut rd, e).await,
         Err(why) => why,
     };
@@ -489,7 +489,7 @@ async fn handshake<S: Transport>(
     shard: &Rc<RefCell<Shard>>,
     conn: &Rc<ConnShared>,
     rd: &mut Source<S>,
-    origin: Origin,
+    origin: Box<Origin>,
 ) -> Result<Established, &'static str> {
     let peer = origin.peer;
     let (read_buffer, max_packet, max_client_id) = {

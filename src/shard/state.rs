@@ -22,7 +22,7 @@ use super::wheel::Wheel;
 use crate::auth::hooks::Authz;
 use crate::config::Config;
 use crate::index::{LocalIndex, RetainedStore, Routes, SetOutcome, SharedRoutes, Weigh};
-use crate::mesh::{Consumer, Doorbell, Envelope, Producer, Wake};
+use crate::mesh::{Consumer, Doorbell, Envelope, Producer, Stub, Wake};
 use crate::protocol::session::{
     Ack, Action, AppMessage, Delivered, Grant, Message, Outgoing, Session, SessionImage,
     SessionLimits, Subscription,
@@ -305,6 +305,34 @@ pub struct Entry {
     pub conn: Option<Rc<ConnShared>>,
     /// Counted in [`Shared::persistent`] (the session was persistent when installed).
     counted: bool,
+    /// A stub left by a takeover: its session moved to another shard, what matches its
+    /// (still indexed) filters is forwarded there.
+    moved: Option<Box<Moved>>,
+}
+
+/// Where a stub's session went, and the filters the stub keeps indexed.
+#[derive(Debug)]
+struct Moved {
+    shard: usize,
+    token: u64,
+    filters: Vec<TopicFilter>,
+}
+
+/// A message a stub forwarded, with its grant.
+#[derive(Debug)]
+struct Forwarded {
+    msg: Message,
+    qos: QoS,
+    retain: bool,
+    ids: Vec<u32>,
+}
+
+/// A stub waiting for every other shard to answer its fence.
+#[derive(Debug)]
+struct Fencing {
+    left: usize,
+    stub: Stub,
+    to: (usize, u64),
 }
 
 /// A connection waiting for its directory claim to be granted.
@@ -353,6 +381,18 @@ pub struct Shard {
     /// Sessions given up to another node (the directory shard's takeover token → the client
     /// id and the node that asked), until their owner shard hands them over.
     surrenders: AHashMap<u64, (Str, String)>,
+    /// Sessions handed here by a takeover whose old shard keeps a stub, by connection
+    /// token, until they are installed (then the old shard is told).
+    stub_pending: AHashMap<u64, Stub>,
+    /// Messages the old shard's stub forwarded before the session was installed here, by
+    /// connection token (delivered by `install`).
+    early: AHashMap<u64, Vec<Forwarded>>,
+    /// Sessions installed here whose old shard's stub may still forward a message that also
+    /// came directly: by connection token, the messages delivered meanwhile (held, so their
+    /// addresses are not reused), for de-duplication.
+    settling: AHashMap<u64, AHashMap<usize, Message>>,
+    /// This shard's stubs waiting for their fences.
+    fences: AHashMap<u64, Fencing>,
     out: Vec<Option<Producer<Envelope>>>,
     overflow: Vec<VecDeque<Envelope>>,
     overflow_len: usize,
@@ -443,6 +483,10 @@ impl Shard {
             directory: AHashMap::new(),
             pending: AHashMap::new(),
             surrenders: AHashMap::new(),
+            stub_pending: AHashMap::new(),
+            early: AHashMap::new(),
+            settling: AHashMap::new(),
+            fences: AHashMap::new(),
             out,
             overflow: (0..count).map(|_| VecDeque::new()).collect(),
             overflow_len: 0,
@@ -793,7 +837,50 @@ impl Shard {
                 clean,
                 away,
             } => self.on_takeover(client_id, shard, token, old_token, clean, away),
-            Envelope::Handoff { token, session } => self.on_handoff(token, session),
+            Envelope::Handoff {
+                token,
+                session,
+                stub,
+            } => self.on_handoff(token, session, stub),
+            Envelope::Forward {
+                client_id,
+                token,
+                msg,
+                qos,
+                retain,
+                ids,
+            } => {
+                let f = Forwarded {
+                    msg,
+                    qos,
+                    retain,
+                    ids,
+                };
+                let slot = self.by_id.get(&client_id).copied();
+                match slot.filter(|&s| self.sessions[s].token == token) {
+                    Some(slot) => self.deliver_forwarded(slot, &f),
+                    // Granted, not yet installed by its connection task: kept until it is.
+                    None if self.stub_pending.contains_key(&token) => {
+                        self.early.entry(token).or_default().push(f);
+                    }
+                    None => {}
+                }
+            }
+            Envelope::Settled { stub, shard, token } => self.on_settled(stub, shard, token),
+            Envelope::Fence { from, id } => self.send(from, Envelope::FenceAck { id }),
+            Envelope::FenceAck { id } => {
+                if let Some(f) = self.fences.get_mut(&id) {
+                    f.left -= 1;
+                    if f.left == 0
+                        && let Some(f) = self.fences.remove(&id)
+                    {
+                        self.drop_stub(f.stub, f.to);
+                    }
+                }
+            }
+            Envelope::Unsettle { token } => {
+                self.settling.remove(&token);
+            }
             Envelope::Release { client_id, token } => {
                 if self
                     .directory
@@ -857,6 +944,7 @@ impl Shard {
                     Envelope::Handoff {
                         token,
                         session: None,
+                        stub: None,
                     },
                 )
             }
@@ -922,6 +1010,7 @@ impl Shard {
             Envelope::Handoff {
                 token: m.token,
                 session,
+                stub: None,
             },
         );
     }
@@ -936,13 +1025,27 @@ impl Shard {
         away: bool,
     ) {
         if let Some(slot) = self.by_id.get(&client_id).copied() {
-            let mut session = self.evict(slot, ReasonCode::SESSION_TAKEN_OVER, clean);
+            // A session that goes on on this node leaves a stub here (see `Stub`).
+            let keep = !clean && !away;
+            let (mut session, stub) = self.evict(
+                slot,
+                ReasonCode::SESSION_TAKEN_OVER,
+                clean,
+                keep.then_some((shard, token)),
+            );
             if away && session.in_store() {
                 session.forget_store();
                 self.store_write(PendingWrite::end(session.client_id().as_bytes()));
             }
             let session = (!clean).then_some(session);
-            self.send(shard, Envelope::Handoff { token, session });
+            self.send(
+                shard,
+                Envelope::Handoff {
+                    token,
+                    session,
+                    stub,
+                },
+            );
         } else if let Some(p) = self.pending.get_mut(&old_token) {
             p.superseded_by = Some((shard, token, clean));
         } else {
@@ -951,12 +1054,13 @@ impl Shard {
                 Envelope::Handoff {
                     token,
                     session: None,
+                    stub: None,
                 },
             );
         }
     }
 
-    fn on_handoff(&mut self, token: u64, session: Option<Box<Session>>) {
+    fn on_handoff(&mut self, token: u64, session: Option<Box<Session>>, stub: Option<Stub>) {
         if let Some((client_id, to)) = self.surrenders.remove(&token) {
             let start_unix = self.shared.start_unix;
             let image = session.filter(|s| s.is_persistent()).map(|s| {
@@ -973,6 +1077,16 @@ impl Shard {
         }
         let Some(p) = self.pending.remove(&token) else {
             tracing::debug!(shard = self.id, token, "handoff for an unknown connection");
+            if let Some(stub) = stub {
+                self.send(
+                    stub.shard,
+                    Envelope::Settled {
+                        stub,
+                        shard: self.id,
+                        token,
+                    },
+                );
+            }
             return;
         };
         if let Some((shard, new_token, clean)) = p.superseded_by {
@@ -984,9 +1098,14 @@ impl Shard {
                 Envelope::Handoff {
                     token: new_token,
                     session,
+                    stub,
                 },
             );
             return;
+        }
+        if let Some(stub) = stub {
+            // Told to the old shard once the session is installed (and indexed) here.
+            self.stub_pending.insert(p.conn.token, stub);
         }
         if p.conn.is_closing() {
             // The connection died while its claim travelled; this shard owns the client id
@@ -997,6 +1116,18 @@ impl Shard {
                     self.park(slot);
                 }
                 _ => {
+                    if let Some(stub) = self.stub_pending.remove(&p.conn.token) {
+                        let token = p.conn.token;
+                        self.early.remove(&token);
+                        self.send(
+                            stub.shard,
+                            Envelope::Settled {
+                                stub,
+                                shard: self.id,
+                                token,
+                            },
+                        );
+                    }
                     let d = directory_shard(&p.client_id, self.count);
                     let (client_id, token) = (p.client_id, p.conn.token);
                     self.send(d, Envelope::Release { client_id, token });
@@ -1071,19 +1202,57 @@ impl Shard {
     /// publishes its will unless the session goes on (a will with a delay is cancelled by
     /// the new connection [MQTT-3.1.3-9]), unindexes its subscriptions. When the new
     /// connection starts `clean`, messages chosen for shared subscriptions go back to their
-    /// groups. Returns the session.
+    /// groups. Returns the session, and the stub if one was left.
     ///
-    /// Known gap: between this eviction and the new shard installing the session's
-    /// subscriptions, a publish matched only this session is routed to neither shard and the
-    /// migrating session misses it. Closing that window needs a hand-over of the routes with
-    /// forwarding (and de-duplication by message identity) from the old to the new shard.
-    fn evict(&mut self, slot: usize, reason: ReasonCode, clean: bool) -> Box<Session> {
+    /// With `to` (the new owner: shard, connection token) the session goes on there and a
+    /// stub takes its slot: its plain subscriptions stay indexed here and what matches them
+    /// is forwarded, until the new owner has indexed them and every shard has seen it (see
+    /// `on_settled`); the new owner delivers a message that comes both ways once. So no
+    /// publish falls between the two shards' routes. Not covered: shared subscriptions (a
+    /// group message in that window goes to another member or is counted dropped), and a
+    /// second takeover of the same session before the first settled.
+    fn evict(
+        &mut self,
+        slot: usize,
+        reason: ReasonCode,
+        clean: bool,
+        to: Option<(usize, u64)>,
+    ) -> (Box<Session>, Option<Stub>) {
         let mut e = self.remove_entry(slot);
         self.by_id.remove(e.session.client_id());
         let filters: Vec<TopicFilter> = e.session.subscriptions().map(|(f, _)| f.clone()).collect();
-        for filter in &filters {
-            self.unindex(filter, slot);
+        // The slab hands out the slot just freed next: the stub takes it, so the index
+        // entries that name the slot stay right.
+        let stub = to.filter(|_| self.sessions.vacant_key() == slot);
+        let mut kept = Vec::new();
+        for filter in filters {
+            if stub.is_some() && filter.shared().is_none() {
+                kept.push(filter);
+            } else {
+                self.unindex(&filter, slot);
+            }
         }
+        let stub = stub.map(|(shard, token)| {
+            let stub_token = self.new_token();
+            let placeholder = Session::new(e.session.client_id().clone(), self.limits.clone());
+            let at = self.sessions.insert(Entry {
+                session: Box::new(placeholder),
+                token: stub_token,
+                conn: None,
+                counted: false,
+                moved: Some(Box::new(Moved {
+                    shard,
+                    token,
+                    filters: kept,
+                })),
+            });
+            debug_assert_eq!(at, slot);
+            Stub {
+                shard: self.id,
+                slot: at,
+                token: stub_token,
+            }
+        });
         if let Some(conn) = e.conn.take() {
             e.session.disconnect_with(reason);
             conn.detach_from(&mut e.session);
@@ -1105,7 +1274,65 @@ impl Shard {
                 self.store_write(PendingWrite::end(e.session.client_id().as_bytes()));
             }
         }
-        e.session
+        (e.session, stub)
+    }
+
+    /// The new owner of a stub's session has indexed it: once every other shard has
+    /// answered a fence (so nothing routed to this shard by the old routes is still on its
+    /// way), the stub goes.
+    fn on_settled(&mut self, stub: Stub, shard: usize, token: u64) {
+        if self
+            .sessions
+            .get(stub.slot)
+            .is_none_or(|e| e.token != stub.token)
+        {
+            return self.send(shard, Envelope::Unsettle { token });
+        }
+        if self.count == 1 {
+            return self.drop_stub(stub, (shard, token));
+        }
+        let (id, me) = (self.new_token(), self.id);
+        for d in (0..self.count).filter(|&d| d != me) {
+            self.send(d, Envelope::Fence { from: me, id });
+        }
+        self.fences.insert(
+            id,
+            Fencing {
+                left: self.count - 1,
+                stub,
+                to: (shard, token),
+            },
+        );
+    }
+
+    /// Delivers a message a stub forwarded to the session at `slot`.
+    fn deliver_forwarded(&mut self, slot: usize, f: &Forwarded) {
+        let grant = Grant {
+            qos: f.qos,
+            retain: f.retain,
+            ids: &f.ids,
+            share: None,
+            seq: 0,
+        };
+        let now = self.now;
+        self.deliver_to(slot, &f.msg, grant, now);
+    }
+
+    /// Removes a stub and its index entries, and tells the new owner no more duplicates
+    /// can come.
+    fn drop_stub(&mut self, stub: Stub, to: (usize, u64)) {
+        if self
+            .sessions
+            .get(stub.slot)
+            .is_none_or(|e| e.token != stub.token)
+        {
+            return self.send(to.0, Envelope::Unsettle { token: to.1 });
+        }
+        let e = self.sessions.remove(stub.slot);
+        for f in e.moved.map(|m| m.filters).unwrap_or_default() {
+            self.unindex(&f, stub.slot);
+        }
+        self.send(to.0, Envelope::Unsettle { token: to.1 });
     }
 
     /// Takes the entry at `slot` out of the slab (and out of the persistent count).
@@ -1146,7 +1373,18 @@ impl Shard {
             token,
             conn,
             counted,
+            moved: None,
         });
+        if let Some(stub) = self.stub_pending.remove(&token) {
+            // Indexed here now: the old shard's stub may go, and until it has, a message
+            // that comes both directly and through the stub is delivered once.
+            self.settling.insert(token, AHashMap::new());
+            for f in self.early.remove(&token).unwrap_or_default() {
+                self.deliver_forwarded(slot, &f);
+            }
+            let shard = self.id;
+            self.send(stub.shard, Envelope::Settled { stub, shard, token });
+        }
         if connected && self.shared.store.is_some() {
             let e = &mut self.sessions[slot];
             if e.session.is_persistent() {
@@ -1705,6 +1943,26 @@ impl Shard {
         let Some(e) = self.sessions.get_mut(slot) else {
             return;
         };
+        if let Some(m) = &e.moved {
+            let forward = Envelope::Forward {
+                client_id: e.session.client_id().clone(),
+                token: m.token,
+                msg: msg.clone(),
+                qos: grant.qos,
+                retain: grant.retain,
+                ids: grant.ids.to_vec(),
+            };
+            let to = m.shard;
+            return self.send(to, forward);
+        }
+        if !self.settling.is_empty()
+            && let Some(seen) = self.settling.get_mut(&e.token)
+            && seen
+                .insert(Arc::as_ptr(msg) as usize, msg.clone())
+                .is_some()
+        {
+            return;
+        }
         let qos = msg.qos.min(grant.qos);
         let keep =
             qos != QoS::AtMostOnce && e.session.is_persistent() && self.shared.store.is_some();
@@ -1945,11 +2203,15 @@ impl Shard {
                 grant.ids = &ids;
                 grant
             };
-            // A QoS ≥ 1 delivery to a persistent session goes through the store.
-            if e.session.is_persistent()
+            // A QoS ≥ 1 delivery to a persistent session goes through the store; a stub's
+            // is forwarded, and one to a session whose takeover is settling is de-duplicated
+            // (both in `deliver_to`).
+            if (e.session.is_persistent()
                 && msg.qos != QoS::AtMostOnce
                 && grant.qos != QoS::AtMostOnce
-                && self.shared.store.is_some()
+                && self.shared.store.is_some())
+                || e.moved.is_some()
+                || !self.settling.is_empty()
             {
                 self.deliver_to(slot as usize, msg, grant, now);
                 continue;

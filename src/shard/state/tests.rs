@@ -182,7 +182,7 @@ fn a_session_parked_by_a_closing_handoff_still_expires() {
             superseded_by: None,
         },
     );
-    s[0].on_handoff(77, Some(sess));
+    s[0].on_handoff(77, Some(sess), None);
     assert!(s[0].has_session(&Str::from("c")));
     s[0].now = 1000;
     s[0].run_timers(1000);
