@@ -440,12 +440,14 @@ impl Config {
                     format!(" line {line}")
                 })
                 .unwrap_or_default();
-            let msg = e.message().trim().replace('\n', "; ");
+            // toml's messages run over several lines; what they quote of the text (a key,
+            // a value) may hold control characters too.
+            let msg = escape_controls(&e.message().trim().replace('\n', "; "));
             ConfigError(format!("{origin}:{place}: {msg}"))
         })?;
         config
             .validate()
-            .map_err(|m| ConfigError(format!("{origin}: {m}")))?;
+            .map_err(|m| ConfigError(format!("{origin}: {}", escape_controls(&m))))?;
         Ok(config)
     }
 
@@ -569,6 +571,23 @@ impl Config {
     }
 }
 
+/// `text` with its control characters (line breaks, tabs, …) escaped as in Rust (`\n`), so an
+/// error quoting a value of the user's stays one line.
+fn escape_controls(text: &str) -> String {
+    if !text.contains(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Parses a core list such as `0-3,8`: ranges and single cores, no duplicates.
 pub fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
     let mut out = Vec::new();
@@ -625,6 +644,16 @@ mod tests {
         assert!(e.0.contains("limits.max_inflight"), "{e}");
         let e = Config::from_toml("io_driver = \"kqueue\"\n", "z.toml").unwrap_err();
         assert!(e.0.contains("line 1"), "{e}");
+        // Found by the `config` fuzz target: a value or key the error quotes may hold line
+        // breaks of its own (TOML escapes).
+        let e = Config::from_toml("cores = \"0\\n1\"\n", "w.toml").unwrap_err();
+        assert_eq!(
+            e.0,
+            "w.toml: cores: '0\\n1' is not a core number or range (write e.g. 0-3,8)"
+        );
+        let e = Config::from_toml("\"a\\rb\" = 1\n", "v.toml").unwrap_err();
+        assert!(e.0.contains("unknown field `a\\rb`"), "{e}");
+        assert!(!e.0.contains(['\n', '\r']), "{e}");
     }
 
     #[test]

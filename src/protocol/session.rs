@@ -937,7 +937,7 @@ impl Session {
                 p.response_information = Str::new(Bytes::from(info)).ok();
             }
         }
-        let _ = Packet::ConnAck(ack).encode(self.version, &mut self.tx);
+        self.encode_within_limit(&mut Packet::ConnAck(ack));
         let replay: Vec<(u16, OutState, Option<Outgoing>)> = self
             .out
             .replay()
@@ -986,7 +986,7 @@ impl Session {
     fn replay_more(&mut self, now: u32) {
         let cap = usize::from(self.out.capacity());
         while let Some(&id) = self.replay_pending.first() {
-            // Saturating: the client may acknowledge an id it got before the reconnect.
+            // Every pending id is still in the window (`unpend`); saturating all the same.
             if self.out.len().saturating_sub(self.replay_pending.len()) >= cap {
                 return;
             }
@@ -1002,6 +1002,17 @@ impl Session {
                     self.complete_unsendable(id, state);
                 }
             }
+        }
+    }
+
+    /// Forgets a window entry still to be resent after the reconnect: the client acknowledged
+    /// it (it had it from the previous connection), so it is outstanding no more, or
+    /// outstanding on this connection (its PUBREL went out). Left in `replay_pending` it would
+    /// count as not yet sent, and `replay_more` would send one more than the client's Receive
+    /// Maximum allows [MQTT-3.3.4-7].
+    fn unpend(&mut self, id: u16) {
+        if !self.replay_pending.is_empty() {
+            self.replay_pending.retain(|&p| p != id);
         }
     }
 
@@ -1069,7 +1080,9 @@ impl Session {
     }
 
     /// Encodes a DISCONNECT or SUBACK, leaving out its Reason String when the packet would
-    /// exceed the client's Maximum Packet Size [MQTT-3.2.2-19].
+    /// exceed the client's Maximum Packet Size [MQTT-3.2.2-19], or a CONNACK, leaving out its
+    /// Response Information (which the server may omit, §3.2.2.3.15, and whose size the
+    /// configured template and the client id decide) [MQTT-3.1.2-24].
     fn encode_within_limit(&mut self, p: &mut Packet) {
         let before = self.tx.len();
         let _ = p.encode(self.version, &mut self.tx);
@@ -1080,6 +1093,7 @@ impl Session {
         match p {
             Packet::Disconnect(d) => d.properties.reason_string = None,
             Packet::SubAck(a) => a.properties.reason_string = None,
+            Packet::ConnAck(a) => a.properties.response_information = None,
             _ => {}
         }
         let _ = p.encode(self.version, &mut self.tx);
@@ -1099,6 +1113,7 @@ impl Session {
             Packet::Publish(p) => self.publish_in(p, now, actions)?,
             Packet::PubAck(a) => {
                 if let AckOutcome::Completed(o) = self.out.puback(a.packet_id) {
+                    self.unpend(a.packet_id);
                     self.finished(o);
                     self.pump(now);
                 }
@@ -1110,6 +1125,9 @@ impl Session {
                 } else {
                     self.out.pubrec(a.packet_id)
                 };
+                if !matches!(outcome, AckOutcome::Unknown) {
+                    self.unpend(a.packet_id);
+                }
                 match outcome {
                     AckOutcome::SendPubRel(o) => {
                         // The client has the message: the store keeps only that PUBREL
@@ -1137,6 +1155,7 @@ impl Session {
             }
             Packet::PubComp(a) => {
                 if let AckOutcome::Completed(_) = self.out.pubcomp(a.packet_id) {
+                    self.unpend(a.packet_id);
                     self.qos2_event(Qos2Event::Completed { id: a.packet_id });
                     self.pump(now);
                 }

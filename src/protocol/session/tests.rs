@@ -259,6 +259,41 @@ fn connack_announces_limits_and_features() {
     assert_eq!(s.expiry(), 60);
 }
 
+/// Found by the `session` fuzz target: the Response Information (the template with the
+/// client id in it) made the CONNACK larger than the client's Maximum Packet Size
+/// [MQTT-3.1.2-24]. It is left out then (the server may omit it, §3.2.2.3.15).
+#[test]
+fn connack_leaves_out_response_information_over_the_client_maximum_packet_size() {
+    let long_id = Str::new(Bytes::from("d".repeat(200))).unwrap();
+    let limits = Arc::new(SessionLimits {
+        response_information: "responses/%c".into(),
+        ..Default::default()
+    });
+    for (max, kept) in [(1024, true), (128, false)] {
+        let mut s = Session::new(long_id.clone(), limits.clone());
+        let c = v5_connect(|c| {
+            c.client_id = long_id.clone();
+            c.properties.request_response_information = Some(1);
+            c.properties.maximum_packet_size = Some(max);
+        });
+        s.attach(&c);
+        s.connack(false, &c, None, None, 0);
+        let mut buf = BytesMut::new();
+        s.swap_tx(&mut buf);
+        assert!(
+            buf.len() <= max as usize,
+            "{} bytes, client maximum {max}",
+            buf.len()
+        );
+        let Ok(Some(Packet::ConnAck(a))) = decode(&mut buf, Version::V5, max) else {
+            panic!("no CONNACK")
+        };
+        assert!(a.reason.is_success());
+        assert_eq!(a.properties.response_information.is_some(), kept, "{max}");
+        assert_eq!(a.properties.maximum_packet_size, Some(1 << 20));
+    }
+}
+
 #[test]
 fn topic_aliases_from_the_client_resolve_and_are_stripped() {
     let mut s = session(SessionLimits::default());
@@ -633,4 +668,60 @@ fn limits_the_session_runs_into_are_counted() {
             topic_levels: 2,
         }
     );
+}
+
+/// Found by the `session` fuzz target: after a reconnect with a smaller Receive Maximum, an
+/// acknowledgement for a message the client had from the previous connection (not resent
+/// yet) left its id among those still to resend, so the window counted one outstanding
+/// message too few and sent one more than the Receive Maximum allows [MQTT-3.3.4-7].
+#[test]
+fn an_ack_for_a_message_not_yet_resent_keeps_the_receive_maximum() {
+    let mut s = session(SessionLimits {
+        max_inflight: 3,
+        ..Default::default()
+    });
+    let persistent = |receive_maximum: Option<u16>| {
+        v5_connect(|c| {
+            c.clean_start = false;
+            c.properties.session_expiry_interval = Some(60);
+            c.properties.receive_maximum = receive_maximum;
+        })
+    };
+    let c = persistent(None);
+    s.attach(&c);
+    s.connack(false, &c, None, None, 0);
+    let m = message("t", QoS::AtLeastOnce);
+    for _ in 0..3 {
+        assert_eq!(s.deliver(&m, grant(QoS::AtLeastOnce), 0), Delivered::Sent);
+    }
+    sent(&mut s);
+    s.detach();
+    // Back with Receive Maximum 1: only id 1 is resent at once.
+    let c = persistent(Some(1));
+    s.attach(&c);
+    s.connack(true, &c, None, None, 0);
+    let ids = |packets: Vec<Packet>| -> Vec<u16> {
+        packets
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p.packet_id),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(ids(sent(&mut s)), vec![1]);
+    // The client acknowledges id 3, which it got before the reconnect: 1 is still
+    // unacknowledged, so nothing more may go out.
+    let mut actions = Vec::new();
+    s.handle(Packet::PubAck(PubAck::new(3)), 0, &mut actions)
+        .unwrap();
+    assert_eq!(ids(sent(&mut s)), Vec::<u16>::new());
+    assert_eq!(s.inflight(), 2);
+    // Id 1 acknowledged: id 2 is resent, with DUP.
+    s.handle(Packet::PubAck(PubAck::new(1)), 0, &mut actions)
+        .unwrap();
+    match &sent(&mut s)[..] {
+        [Packet::Publish(p)] => assert_eq!((p.packet_id, p.dup), (2, true)),
+        other => panic!("{other:?}"),
+    }
 }
