@@ -244,12 +244,7 @@ class Link:
         if mode == "clean":
             self.c.disconnect()
         else:
-            s = self.c.socket()
-            if s is not None:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self._shut_socket()
         ok = self.gone.wait(timeout)
         self.c.loop_stop()
         return ok
@@ -257,14 +252,18 @@ class Link:
     def kill(self):
         """Stop the network thread (the connection is already gone or is abandoned)."""
         self.expected_close = True
+        self._shut_socket()
+        self.c.loop_stop()
+        self.gone.set()
+
+    def _shut_socket(self):
+        """Shuts the socket down both ways, without DISCONNECT (as a lost network would)."""
         s = self.c.socket()
         if s is not None:
             try:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        self.c.loop_stop()
-        self.gone.set()
 
 
 # ---------------------------------------------------------------------------------------------
