@@ -504,3 +504,68 @@ fn a_session_taken_over_again_and_again_while_messages_flow_misses_none() {
         assert!(takeovers > 5);
     }
 }
+
+/// A 5.0 client that has fallen behind (the broker's send buffer to it is full) and keeps
+/// writing while another connection takes its session over still gets DISCONNECT 0x8E
+/// [MQTT-3.1.4-3]: the broker lingers until what it sent is acknowledged, discarding input,
+/// instead of closing a socket with unread data (which resets it and drops the DISCONNECT
+/// queued behind the backlog).
+#[test]
+fn a_client_taken_over_while_behind_and_still_writing_gets_its_disconnect() {
+    for driver in ["uring", "epoll"] {
+        let b = Broker::start(1, &["--no-persistence", "--io-driver", driver]);
+        let v = Version::V5;
+        let addr = b.addr;
+        let mut flooder = client(&b, "flooder", 30);
+        let payload = vec![b'x'; 4096];
+        let rounds = 5;
+        for round in 0..rounds {
+            let mut old = Raw::connect(addr, v);
+            old.send(&connect_packet(v, "behind", false, 30));
+            assert!(matches!(old.recv(), Some(Packet::ConnAck(_))));
+            subscribe(&mut old, "behind/#", QoS::AtMostOnce);
+            // Fill the socket buffers towards the client, which does not read.
+            let flood = encode(&publish_packet(
+                "behind/x",
+                payload.clone(),
+                QoS::AtMostOnce,
+                0,
+            ));
+            for _ in 0..1000 {
+                flooder.send_bytes(&flood);
+            }
+            still_served(&mut flooder);
+            // The client keeps writing (PINGREQ) through the takeover, so input is pending on
+            // the broker's side when it closes the old connection.
+            let mut writer = old.stream.try_clone().unwrap();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stopped = stop.clone();
+            let pinger = std::thread::spawn(move || {
+                let ping = [0xC0u8, 0];
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    if writer.write_all(&ping).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            let mut new = Raw::connect(addr, v);
+            new.send(&connect_packet(v, "behind", false, 30));
+            assert!(matches!(new.recv(), Some(Packet::ConnAck(_))));
+            std::thread::sleep(Duration::from_millis(50));
+            let seen = old.expect_closed();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            pinger.join().unwrap();
+            let last = seen.iter().rev().find(|p| !matches!(p, Packet::PingResp));
+            assert!(
+                matches!(last, Some(Packet::Disconnect(d)) if d.reason.0 == 0x8E),
+                "{driver}, round {round}: after {} packets the old connection ended with {:?}, not DISCONNECT 0x8E",
+                seen.len(),
+                last.map(|p| p.packet_type())
+            );
+            new.send(&Packet::Disconnect(Default::default()));
+        }
+        still_served(&mut flooder);
+    }
+}

@@ -13,7 +13,7 @@
 //! Closing from outside (keep alive expiry, takeover, a write error) shuts the socket's read
 //! side down, which ends the pending read with EOF on both io_uring and epoll; a read is never
 //! raced against a timer and dropped. The writer sends what is left (a 5.0 DISCONNECT, say),
-//! then shuts the write side.
+//! [lingers](super::linger) until the peer has it, then shuts the write side.
 //!
 //! Runs on the shard that accepted the socket, for the connection's whole life.
 
@@ -1052,5 +1052,7 @@ async fn writer<S: Transport>(
         crate::websocket::encode_close(crate::websocket::CloseCode::NORMAL, "", &mut close);
         let _ = wr.write_all(close).await;
     }
+    // `wr` holds the socket open until this returns.
+    super::linger::linger(conn.fd).await;
     let _ = wr.shutdown().await;
 }

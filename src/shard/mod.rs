@@ -15,11 +15,13 @@
 //! - [`tls`] and [`websocket`]: the TLS handshake and the WebSocket upgrade and framing
 //!   under a connection;
 //! - [`wheel`]: the per-shard keep alive wheel;
-//! - [`fds`]: the open-file limit, raised at start-up.
+//! - [`fds`]: the open-file limit, raised at start-up;
+//! - [`linger`]: the bounded wait before a closed socket is released.
 
 pub mod conn;
 pub mod durability;
 pub mod fds;
+pub mod linger;
 pub mod listen;
 pub mod run;
 pub mod spawn;
