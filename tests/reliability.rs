@@ -569,3 +569,273 @@ fn a_client_taken_over_while_behind_and_still_writing_gets_its_disconnect() {
         still_served(&mut flooder);
     }
 }
+
+/// A tmpfs of `mib` MiB mounted for one test, unmounted (and removed) on drop. Needs root,
+/// which the test command has.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(mib: u32) -> SmallDisk {
+        let dir = common::temp_dir("small-disk");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a {mib} MiB tmpfs at {} (this test needs root): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The store's disk fills up while a persistent session's queue grows: the broker keeps
+/// acknowledging and serving from memory, counts every failed write in
+/// `store_failed_writes_total`, logs at the 1st, 2nd, 4th … failed batch (not once per
+/// write), and once space is freed reopens the store and persists again (a session parked
+/// after that survives a restart).
+#[test]
+fn a_full_disk_is_counted_the_broker_serves_on_and_the_store_recovers() {
+    let disk = SmallDisk::mount(8);
+    let filler = disk.0.join("filler");
+    std::fs::write(&filler, vec![0u8; 4 << 20]).unwrap();
+    let data = disk.0.join("data");
+    let data = data.to_str().unwrap();
+    let mut b = Broker::start(1, &["--data-dir", data, "--metrics-listen", "127.0.0.1:0"]);
+    let metrics = metrics_addr(&b);
+    let v = Version::V3_1_1;
+    let park = |b: &Broker, id: &str| {
+        let mut r = Raw::connect(b.addr, v);
+        r.send(&connect_packet(v, id, false, 30));
+        assert!(matches!(r.recv(), Some(Packet::ConnAck(_))));
+        subscribe(&mut r, "disk/#", QoS::AtLeastOnce);
+        r.send(&Packet::Disconnect(Default::default()));
+    };
+    park(&b, "parked");
+    let mut publisher = client(&b, "disk-pub", 30);
+    let mut bystander = client(&b, "disk-bystander", 30);
+    // 400 messages of 16 KiB: 6.4 MiB for the 4 MiB left.
+    let total = 400u32;
+    let send = |p: &mut Raw, i: u32| {
+        let mut payload = i.to_be_bytes().to_vec();
+        payload.resize(16 << 10, b'd');
+        p.send(&publish_packet(
+            "disk/x",
+            payload,
+            QoS::AtLeastOnce,
+            (i % 60000 + 1) as u16,
+        ));
+        assert!(
+            matches!(p.recv(), Some(Packet::PubAck(_))),
+            "message {i} not acknowledged"
+        );
+    };
+    for i in 0..total {
+        send(&mut publisher, i);
+        if i % 50 == 0 {
+            still_served(&mut bystander);
+        }
+    }
+    let failed = metric(metrics, "shardmq_store_failed_writes_total");
+    println!("disk full: {total} messages acknowledged, {failed} store writes failed");
+    assert!(failed > 0.0, "the full disk was not counted");
+    // Free the space; the store is reopened at most 5 s later and writes land again.
+    std::fs::remove_file(&filler).unwrap();
+    let mut failing_lines = 0;
+    let mut next = total;
+    let deadline = Instant::now() + 2 * WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "the store did not recover");
+        let mut recovered = false;
+        for line in b.log.try_iter() {
+            failing_lines += usize::from(line.contains("writes are failing"));
+            recovered |= line.contains("writes succeed again");
+        }
+        if recovered {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        send(&mut publisher, next);
+        next += 1;
+    }
+    println!(
+        "{failing_lines} log lines about the failing writes; recovered after {} more messages",
+        next - total
+    );
+    assert!(
+        (1..=16).contains(&failing_lines),
+        "{failing_lines} lines: the failures were not logged at powers of two"
+    );
+    // Everything acknowledged reaches the parked session (from memory), in order.
+    let mut r = Raw::connect(b.addr, v);
+    r.send(&connect_packet(v, "parked", false, 30));
+    assert!(matches!(r.recv(), Some(Packet::ConnAck(a)) if a.session_present));
+    for i in 0..next {
+        match r.recv() {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(u32::from_be_bytes(p.payload[..4].try_into().unwrap()), i);
+                r.send(&Packet::PubAck(PubAck::new(p.packet_id)));
+            }
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    // The store works again: a session parked with a queued message now survives a restart.
+    park(&b, "after");
+    send(&mut publisher, u32::MAX);
+    still_served(&mut publisher);
+    b.child.kill().unwrap();
+    let _ = b.child.wait();
+    let b = Broker::start(1, &["--data-dir", data]);
+    let mut r = Raw::connect(b.addr, v);
+    r.send(&connect_packet(v, "after", false, 30));
+    assert!(matches!(r.recv(), Some(Packet::ConnAck(a)) if a.session_present));
+    assert!(
+        matches!(r.recv(), Some(Packet::Publish(p)) if p.payload[..4] == u32::MAX.to_be_bytes()),
+        "the message queued after the store recovered was lost in the restart"
+    );
+}
+
+/// A 5.0 connection with an assigned client identifier, and the shard it landed on (the
+/// identifier is `shardmq-{random}-{shard}-{token}`).
+fn on_some_shard(b: &Broker) -> (Raw, usize) {
+    let v = Version::V5;
+    let mut r = Raw::connect(b.addr, v);
+    r.send(&connect_packet(v, "", true, 30));
+    let Some(Packet::ConnAck(a)) = r.recv() else {
+        panic!("no CONNACK")
+    };
+    let id = a.properties.assigned_client_identifier.clone().unwrap();
+    let shard = id.as_str().split('-').nth(2).unwrap().parse().unwrap();
+    (r, shard)
+}
+
+/// Connections until one lands on `shard`.
+fn on_shard(b: &Broker, shard: usize) -> Raw {
+    for _ in 0..64 {
+        let (r, s) = on_some_shard(b);
+        if s == shard {
+            return r;
+        }
+    }
+    panic!("64 connections and none on shard {shard}");
+}
+
+/// Shard-to-shard rings of 64 slots and an overflow of 8 while a publisher on shard 0 floods a
+/// subscriber on shard 1 (whose own window and queue are made large enough to take all): QoS 0 messages past the overflow are dropped and each drop is
+/// counted (`messages_dropped_total{reason="ring_full"}`), so delivered + counted = sent;
+/// QoS 1 messages are never dropped (the publisher is held back instead); and the broker
+/// serves on.
+#[test]
+fn full_rings_drop_only_qos_0_and_count_every_drop() {
+    let config = Config::limits(
+        "rings",
+        "ring_capacity = 64\nring_overflow = 8\nmax_queued_messages = 100000\nmax_inflight = 65535",
+    );
+    let b = Broker::start(
+        2,
+        &[
+            "--no-persistence",
+            "--config",
+            config.path(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let metrics = metrics_addr(&b);
+    let mut sub = on_shard(&b, 1);
+    let v5_subscribe = |r: &mut Raw| {
+        r.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![(
+                shardmq::protocol::TopicFilter::new("rings/#".to_string()).unwrap(),
+                SubscriptionOptions::qos(QoS::AtLeastOnce),
+            )],
+            properties: Default::default(),
+        }));
+        assert!(matches!(r.recv(), Some(Packet::SubAck(_))));
+    };
+    v5_subscribe(&mut sub);
+    let mut publisher = on_shard(&b, 0);
+    let encode5 = |p: &Packet| p.to_bytes(Version::V5).unwrap().to_vec();
+    let (qos0, qos1) = (20_000u32, 2_000u32);
+    // Everything in a few large writes, so each read of the publishing shard yields
+    // thousands of messages for the 2-slot ring.
+    let mut burst = Vec::new();
+    for i in 0..qos0 {
+        burst.extend(encode5(&publish_packet(
+            "rings/0",
+            i.to_be_bytes().to_vec(),
+            QoS::AtMostOnce,
+            0,
+        )));
+    }
+    for i in 0..qos1 {
+        burst.extend(encode5(&publish_packet(
+            "rings/1",
+            i.to_be_bytes().to_vec(),
+            QoS::AtLeastOnce,
+            (i + 1) as u16,
+        )));
+    }
+    let reader = std::thread::spawn(move || {
+        let (mut got0, mut got1) = (0u32, Vec::new());
+        sub.stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        while let Some(p) = sub.try_recv() {
+            if let Packet::Publish(p) = p {
+                if p.qos == QoS::AtMostOnce {
+                    got0 += 1;
+                } else {
+                    got1.push(u32::from_be_bytes(p.payload[..4].try_into().unwrap()));
+                    sub.send(&Packet::PubAck(PubAck::new(p.packet_id)));
+                }
+            }
+        }
+        (got0, got1)
+    });
+    publisher.send_bytes(&burst);
+    let mut acks = 0;
+    while acks < qos1 {
+        match publisher.recv() {
+            Some(Packet::PubAck(_)) => acks += 1,
+            other => panic!("after {acks} PUBACKs: {other:?}"),
+        }
+    }
+    let (got0, got1) = reader.join().unwrap();
+    std::thread::sleep(Duration::from_millis(1100)); // the metrics snapshot, once a second
+    let ring_full = metric(
+        metrics,
+        "shardmq_messages_dropped_total{reason=\"ring_full\"}",
+    ) as u32;
+    let slow = metric(
+        metrics,
+        "shardmq_messages_dropped_total{reason=\"slow_consumer\"}",
+    ) as u32;
+    println!(
+        "QoS 0: {qos0} sent, {got0} delivered, {ring_full} dropped at a full ring, {slow} as slow consumer; QoS 1: {qos1} sent, {} delivered",
+        got1.len()
+    );
+    assert!(ring_full > 0, "the rings never filled");
+    assert_eq!(
+        got0 + ring_full + slow,
+        qos0,
+        "QoS 0 messages lost uncounted"
+    );
+    assert_eq!(
+        got1,
+        (0..qos1).collect::<Vec<_>>(),
+        "QoS 1 messages lost or out of order"
+    );
+    still_served(&mut publisher);
+}

@@ -879,6 +879,11 @@ async fn pump(shard: Rc<RefCell<Shard>>, shared: Arc<Shared>, id: usize) {
             if bell.waker().register(cx.waker()) {
                 return Poll::Ready(());
             }
+            // A connection filled a ring's overflow or the store backlog meanwhile (and
+            // woke us through `pump_waker`): retry them.
+            if s.overflow_len() > 0 || s.store_behind() {
+                return Poll::Ready(());
+            }
             s.pump_waker = Some(cx.waker().clone());
             match bell.prepare_park(|| s.has_inbound()) {
                 Park::WorkFound => Poll::Ready(()),

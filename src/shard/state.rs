@@ -639,9 +639,7 @@ impl Shard {
     pub fn send(&mut self, dest: usize, env: Envelope) {
         if dest == self.id {
             self.local.push_back(env);
-            if let Some(w) = self.pump_waker.take() {
-                w.wake();
-            }
+            self.wake_pump();
             return;
         }
         if self.overflow[dest].is_empty() {
@@ -672,6 +670,16 @@ impl Shard {
         }
         self.overflow[dest].push_back(env);
         self.overflow_len += 1;
+        // The pump retries the overflow (every millisecond while it holds anything): the
+        // publishers that filled it stop reading, so nothing else would.
+        self.wake_pump();
+    }
+
+    /// Wakes this shard's mesh pump if it is parked.
+    fn wake_pump(&mut self) {
+        if let Some(w) = self.pump_waker.take() {
+            w.wake();
+        }
     }
 
     /// Whether publishers on this shard should stop reading: a ring to another shard is full
@@ -1885,6 +1893,8 @@ impl Shard {
         };
         if let Err(w) = write {
             self.store_backlog.push_back(w);
+            // The pump retries the backlog while the store is behind (see `wake_pump`).
+            self.wake_pump();
             if self.store_backlog.len() > self.shared.config.limits.store_queue {
                 self.store_backlog.pop_front();
                 let dropped = self.stats.hit(Limit::StoreQueue);

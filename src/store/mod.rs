@@ -137,7 +137,7 @@ pub struct Recovered {
 #[derive(Clone, Debug)]
 pub struct Store {
     tx: SyncSender<(Cmd, Tag)>,
-    /// Writes dropped because the store was unusable (logged once per batch).
+    /// Writes that failed or were dropped because the store was unusable (see `Disk`).
     pub failed: Arc<AtomicU64>,
     /// Per shard: the number of its last write known durable (`sync` only).
     durable: Arc<[AtomicU64]>,
@@ -225,7 +225,7 @@ impl Store {
                     .map_err(fail)?;
             }
         }
-        let retained = open("retained")?;
+        let retained = open(Parts::NAMES[0])?;
         let mut rec = Recovered::default();
         let now = unix_now();
         let mut gone: Vec<Vec<u8>> = Vec::new();
@@ -251,10 +251,10 @@ impl Store {
         for k in gone {
             retained.remove(k).map_err(fail)?;
         }
-        let sessions = open("sessions")?;
-        let queued = open("queued")?;
-        let inflight = open("inflight")?;
-        let inbound = open("inbound")?;
+        let sessions = open(Parts::NAMES[1])?;
+        let queued = open(Parts::NAMES[2])?;
+        let inflight = open(Parts::NAMES[3])?;
+        let inbound = open(Parts::NAMES[4])?;
         let mut gone: Vec<Vec<u8>> = Vec::new();
         for kv in sessions.iter() {
             let (k, v) = kv.map_err(fail)?;
@@ -339,9 +339,15 @@ impl Store {
             failed: failed.clone(),
             commits: commits.clone(),
         };
+        let disk = Disk {
+            dir: o.dir.clone(),
+            fsync_ms,
+            open: Some((ks, parts)),
+            failing: None,
+        };
         let handle = std::thread::Builder::new()
             .name("shardmq-store".into())
-            .spawn(move || run(ks, parts, rx, &marks))
+            .spawn(move || run(disk, rx, &marks))
             .map_err(|e| format!("cannot start the store thread: {e}"))?;
         Ok((
             Store {
@@ -489,6 +495,98 @@ struct Parts {
     inbound: PartitionHandle,
 }
 
+impl Parts {
+    /// The partitions' names, in field order.
+    const NAMES: [&'static str; 5] = ["retained", "sessions", "queued", "inflight", "inbound"];
+
+    fn open(ks: &Keyspace) -> fjall::Result<Parts> {
+        let open = |name| ks.open_partition(name, PartitionCreateOptions::default());
+        Ok(Parts {
+            retained: open(Self::NAMES[0])?,
+            sessions: open(Self::NAMES[1])?,
+            queued: open(Self::NAMES[2])?,
+            inflight: open(Self::NAMES[3])?,
+            inbound: open(Self::NAMES[4])?,
+        })
+    }
+}
+
+/// How often a store whose writes fail is closed and opened again.
+const REOPEN_EVERY: Duration = Duration::from_secs(5);
+
+/// The store thread's keyspace, and what it does when writes start failing.
+///
+/// A failed write (the disk full, an I/O error) poisons fjall's keyspace: every later write
+/// fails too. So the thread counts the failure (`store_failed_writes_total`), logs it at the
+/// 1st, 2nd, 4th … failed batch, and every [`REOPEN_EVERY`] closes the keyspace and opens it
+/// again (fjall replays its journal and cuts a torn tail). Writes in batches that come while
+/// it is closed or still failing are dropped and counted; the broker goes on serving from
+/// memory. Once a batch commits again the thread logs that it recovered. The writes dropped
+/// meanwhile are not replayed: a session's messages acknowledged in that window live only in
+/// memory until they are delivered.
+struct Disk {
+    dir: PathBuf,
+    fsync_ms: Option<u16>,
+    open: Option<(Keyspace, Parts)>,
+    failing: Option<Failing>,
+}
+
+/// Since when writes fail, how many batches failed, and when the keyspace was last reopened.
+struct Failing {
+    since: Instant,
+    batches: u64,
+    reopened: Instant,
+}
+
+impl Disk {
+    /// The keyspace to write this batch to: `None` while failing and not yet reopened.
+    fn ready(&mut self) -> Option<&(Keyspace, Parts)> {
+        if let Some(f) = self.failing.as_mut() {
+            if f.reopened.elapsed() >= REOPEN_EVERY {
+                f.reopened = Instant::now();
+                // The old handles go first: fjall holds the directory while they live.
+                self.open = None;
+                self.open = open_keyspace(&self.dir, self.fsync_ms)
+                    .and_then(|ks| Parts::open(&ks).map(|p| (ks, p)))
+                    .map_err(|e| {
+                        tracing::debug!("store: reopening {} failed: {e}", self.dir.display())
+                    })
+                    .ok();
+            }
+        }
+        self.open.as_ref()
+    }
+
+    /// Notes how the last batch went: `failed` writes of `writes` failed.
+    fn batch_done(&mut self, writes: u64, failed: u64) {
+        if failed > 0 {
+            let f = self.failing.get_or_insert_with(|| Failing {
+                since: Instant::now(),
+                batches: 0,
+                reopened: Instant::now(),
+            });
+            f.batches += 1;
+            if f.batches.is_power_of_two() {
+                tracing::error!(
+                    "store {}: writes are failing ({} batches so far; the disk full?): serving from memory, messages acknowledged now are not persisted; free space, the store is reopened every {} s",
+                    self.dir.display(),
+                    f.batches,
+                    REOPEN_EVERY.as_secs()
+                );
+            }
+        } else if writes > 0 {
+            if let Some(f) = self.failing.take() {
+                tracing::warn!(
+                    "store {}: writes succeed again after {} s ({} batches failed; their writes are not replayed)",
+                    self.dir.display(),
+                    f.since.elapsed().as_secs(),
+                    f.batches
+                );
+            }
+        }
+    }
+}
+
 /// The `queued` keys of a client: its id, a NUL (which no MQTT string holds), a sequence.
 fn queue_prefix(client_id: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(client_id.len() + 9);
@@ -577,7 +675,7 @@ impl<'a> Batcher<'a> {
         self.writes += n;
         if let Err(e) = batch.commit() {
             self.failed.fetch_add(n, Ordering::Relaxed);
-            tracing::error!("store: a batch of {n} writes failed: {e}");
+            tracing::debug!("store: a batch of {n} writes failed: {e}");
         }
     }
 }
@@ -595,7 +693,7 @@ struct Marks {
 /// delivery appended and completed within one batch (a consumer that keeps up while the disk
 /// is behind) is written not at all. With `sync` every batch is fsynced before the shards
 /// learn that their writes in it are durable.
-fn run(ks: Keyspace, p: Parts, rx: Receiver<(Cmd, Tag)>, marks: &Marks) {
+fn run(mut disk: Disk, rx: Receiver<(Cmd, Tag)>, marks: &Marks) {
     let mut cmds: Vec<Cmd> = Vec::with_capacity(MAX_BATCH);
     // Per shard: its highest write number in this batch (0: none).
     let mut last: Vec<u64> = vec![0; marks.durable.len()];
@@ -615,7 +713,18 @@ fn run(ks: Keyspace, p: Parts, rx: Receiver<(Cmd, Tag)>, marks: &Marks) {
             n += 1;
         }
         cancel_completed(&mut cmds);
-        let mut b = Batcher::new(&ks, &marks.failed);
+        let failed_before = marks.failed.load(Ordering::Relaxed);
+        let Some((ks, p)) = disk.ready() else {
+            let dropped = cmds
+                .drain(..)
+                .filter(|c| !matches!(c, Cmd::Sync(_) | Cmd::Cancelled))
+                .count();
+            marks.failed.fetch_add(dropped as u64, Ordering::Relaxed);
+            disk.batch_done(dropped as u64, dropped as u64);
+            release(&mut last, marks);
+            continue;
+        };
+        let mut b = Batcher::new(ks, &marks.failed);
         let mut waiting = Vec::new();
         for c in cmds.drain(..) {
             match c {
@@ -652,9 +761,9 @@ fn run(ks: Keyspace, p: Parts, rx: Receiver<(Cmd, Tag)>, marks: &Marks) {
                     // Everything before is committed first, so the prefix scans see it.
                     b.commit();
                     b.writes += 1;
-                    if let Err(e) = end_session(&ks, &p, &client_id) {
+                    if let Err(e) = end_session(ks, p, &client_id) {
                         marks.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!("store: ending a session failed: {e}");
+                        tracing::debug!("store: ending a session failed: {e}");
                     }
                 }
                 Cmd::Cancelled => {}
@@ -673,7 +782,7 @@ fn run(ks: Keyspace, p: Parts, rx: Receiver<(Cmd, Tag)>, marks: &Marks) {
             };
             if let Err(e) = ks.persist(mode) {
                 marks.failed.fetch_add(writes, Ordering::Relaxed);
-                tracing::error!("store: writing a batch to the disk failed: {e}");
+                tracing::debug!("store: writing a batch to the disk failed: {e}");
             }
             marks.commits.observe(started.elapsed());
         }
@@ -685,21 +794,30 @@ fn run(ks: Keyspace, p: Parts, rx: Receiver<(Cmd, Tag)>, marks: &Marks) {
                 let _ = w.send(());
             }
         }
-        // A failed batch is logged and counted, and its acknowledgements go out all the
-        // same: holding them would stall the publishers for good.
-        for (shard, n) in last.iter_mut().enumerate() {
-            if *n > 0 {
-                if marks.sync {
-                    marks.durable[shard].store(*n, Ordering::Release);
-                    (marks.wake)(shard);
-                }
-                *n = 0;
-            }
-        }
+        let failed = marks.failed.load(Ordering::Relaxed) - failed_before;
+        disk.batch_done(writes.max(failed), failed);
+        release(&mut last, marks);
     }
     // Every shard is gone: make the last batches durable.
-    if let Err(e) = ks.persist(PersistMode::SyncAll) {
-        tracing::error!("store: final fsync failed: {e}");
+    if let Some((ks, _)) = disk.open.as_ref() {
+        if let Err(e) = ks.persist(PersistMode::SyncAll) {
+            tracing::error!("store: final fsync failed: {e}");
+        }
+    }
+}
+
+/// Publishes each shard's last write of the batch as durable (`sync`) and wakes it. A failed
+/// batch is counted and logged, and its acknowledgements go out all the same: holding them
+/// would stall the publishers for good.
+fn release(last: &mut [u64], marks: &Marks) {
+    for (shard, n) in last.iter_mut().enumerate() {
+        if *n > 0 {
+            if marks.sync {
+                marks.durable[shard].store(*n, Ordering::Release);
+                (marks.wake)(shard);
+            }
+            *n = 0;
+        }
     }
 }
 
