@@ -56,6 +56,8 @@ fn main() {
         queue: 65_536,
         sync: false,
         shards: 1,
+        write_buffer_mib: 64,
+        cache_mib: 32,
     };
     let now = unix_now();
     let (store, _, thread) = Store::open(&options, now, Box::new(|_| {})).unwrap();

@@ -211,6 +211,10 @@ pub struct Persistence {
     pub durability: Durability,
     /// Milliseconds between fsyncs with `relaxed`.
     pub commit_interval_ms: u16,
+    /// MiB the store's memtables may hold in all before they are flushed to disk.
+    pub write_buffer_mib: u32,
+    /// MiB of the store's block cache.
+    pub cache_mib: u32,
 }
 
 impl Default for Persistence {
@@ -220,6 +224,8 @@ impl Default for Persistence {
             data_dir: "shardmq-data".into(),
             durability: Durability::Sync,
             commit_interval_ms: 100,
+            write_buffer_mib: 64,
+            cache_mib: 32,
         }
     }
 }
@@ -542,6 +548,12 @@ impl Config {
         }
         if self.persistence.commit_interval_ms == 0 {
             return Err("persistence.commit_interval_ms: must be at least 1".into());
+        }
+        if !(1..=65_536).contains(&self.persistence.write_buffer_mib) {
+            return Err("persistence.write_buffer_mib: must be between 1 and 65536".into());
+        }
+        if !(1..=65_536).contains(&self.persistence.cache_mib) {
+            return Err("persistence.cache_mib: must be between 1 and 65536".into());
         }
         if l.store_queue == 0 {
             return Err("limits.store_queue: must be at least 1".into());

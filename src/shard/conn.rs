@@ -1,4 +1,5 @@
-//! One client connection: a reader task and a writer task on the shard that accepted it.
+//! One client connection: a reader task, and a writer task while there is something to send,
+//! on the shard that accepted it.
 //!
 //! - The **reader** reads into the free tail of its buffer (`slice_mut(len..capacity)`: monoio
 //!   would otherwise read over unparsed bytes at offset 0), decodes every whole frame, lets the
@@ -6,9 +7,11 @@
 //!   a burst of publishes becomes one batch per destination shard. A connection whose buffer
 //!   is empty after light traffic reads into a small buffer, so an idle connection pins
 //!   [`IDLE_BUFFER`] bytes, not a full read buffer, under its pending read.
-//! - The **writer** sleeps until its session's transmit buffer holds bytes, swaps it with its
-//!   spare buffer and sends everything in one `write_all`: all frames encoded during one loop
-//!   turn go out in one send (TCP_NODELAY is on, so batching happens here, not in Nagle).
+//! - The **writer** is parked (an [`Outlet`] in [`ConnShared`], no task) until its session's
+//!   transmit buffer holds bytes; then a task swaps the buffer with its spare and sends
+//!   everything in one `write_all`, so all frames encoded during one loop turn go out in one
+//!   send (TCP_NODELAY is on, so batching happens here, not in Nagle), and parks the outlet
+//!   again once nothing is left. An idle connection thus costs one task, not two.
 //!
 //! Closing from outside (keep alive expiry, takeover, a write error) shuts the socket's read
 //! side down, which ends the pending read with EOF on both io_uring and epoll; a read is never
@@ -59,7 +62,8 @@ pub struct ConnShared {
     heard: Cell<Option<u32>>,
     grace: Cell<u32>,
     closing: Cell<bool>,
-    writer: Cell<Option<Waker>>,
+    /// The writing side while no writer task runs (see [`Outlet`]).
+    outlet: Cell<Option<Box<dyn Parked>>>,
     reader: Cell<Option<Waker>>,
     granted: RefCell<Option<Option<Box<Session>>>>,
     leftover: RefCell<BytesMut>,
@@ -90,7 +94,7 @@ impl ConnShared {
             heard: Cell::new(Some(now)),
             grace: Cell::new(grace),
             closing: Cell::new(false),
-            writer: Cell::new(None),
+            outlet: Cell::new(None),
             reader: Cell::new(None),
             granted: RefCell::new(None),
             leftover: RefCell::new(BytesMut::new()),
@@ -100,10 +104,11 @@ impl ConnShared {
         }
     }
 
-    /// Wakes the writer if it sleeps (the session's transmit buffer got bytes).
+    /// Starts the writer if it is parked (there is something to send, or the connection
+    /// is closing); a running writer looks again before it parks.
     pub fn wake_writer(&self) {
-        if let Some(w) = self.writer.take() {
-            w.wake();
+        if let Some(parked) = self.outlet.take() {
+            parked.start();
         }
     }
 
@@ -268,15 +273,30 @@ pub fn serve<S: Transport>(
         s.stats.accepted[transport] += 1;
     }
     let (rd, wr) = stream.into_split();
-    // Boxed: most connections are plain MQTT, and this is part of every writer task.
-    let framing = ws.is_some().then(Box::<WsWriter>::default);
-    monoio::spawn(writer(shard.clone(), conn.clone(), wr, framing));
+    let mut framing = ws.is_some().then(Box::<WsWriter>::default);
+    let spare = match framing.as_mut() {
+        Some(ws) => ws.prepare(BytesMut::new()),
+        None => BytesMut::new(),
+    };
+    // Parked until there is something to send (the connection and its outlet refer to each
+    // other until the writer's last run, at close, drops the outlet).
+    conn.outlet.set(Some(Box::new(Outlet {
+        shard: shard.clone(),
+        conn: conn.clone(),
+        wr,
+        ws: framing,
+        spare,
+    })));
     let rd = Source {
         rd,
         ws: ws.map(Box::new),
         uncounted: 0,
     };
-    run(shard, conn, rd, Box::new(origin), transport)
+    let f = run(shard, conn, rd, Box::new(origin), transport);
+    if std::env::var_os("SHARDMQ_SIZES").is_some() {
+        eprintln!("SIZES run {}", std::mem::size_of_val(&f));
+    }
+    f
 }
 
 /// A connection's reading side until it ends, then its teardown.
@@ -291,7 +311,9 @@ async fn run<S: Transport>(
     // The handshake is boxed: its state (CONNECT, authentication) lives on the heap only
     // until CONNACK, so an idle connection's task is only as large as the packet loop's.
     let why = match Box::pin(handshake(&shard, &conn, &mut rd, origin)).await {
-        Ok(e) => packets(&shard, &conn, &mut rd, e).await,
+        // By reference: an async fn keeps its arguments for its whole life, so a moved
+        // `Established` would take its space twice in every idle connection's task.
+        Ok(mut e) => packets(&shard, &conn, &mut rd, &mut e).await,
         Err(why) => why,
     };
     if conn.slot.get().is_none() {
@@ -811,23 +833,19 @@ async fn packets<S: Transport>(
     shard: &Rc<RefCell<Shard>>,
     conn: &Rc<ConnShared>,
     rd: &mut Source<S>,
-    e: Established,
+    e: &mut Established,
 ) -> &'static str {
-    let Established {
-        mut buf,
-        version,
-        slot,
-        mut reauth,
-        read_buffer,
-        max_packet,
-    } = e;
+    let (version, slot, read_buffer, max_packet) = (e.version, e.slot, e.read_buffer, e.max_packet);
+    let Established { buf, reauth, .. } = e;
     let mut actions = Vec::new();
     let mut last_read = 0usize;
     let (rate, burst) = {
         let l = &shard.borrow().shared.config.limits;
         (l.max_publish_rate, l.publish_burst)
     };
-    let mut throttle = Throttle::new(rate, burst, std::time::Instant::now());
+    // Boxed: most connections have no publish rate limit, and this is part of every idle
+    // connection's task.
+    let mut throttle = Throttle::new(rate, burst, std::time::Instant::now()).map(Box::new);
     let mut published = 0u32;
     loop {
         // Handle every whole frame in the buffer.
@@ -837,7 +855,7 @@ async fn packets<S: Transport>(
             let Some(e) = s.sessions.get_mut(slot).filter(|e| e.token == conn.token) else {
                 return "session taken over";
             };
-            match decode(&mut buf, version, max_packet) {
+            match decode(buf, version, max_packet) {
                 Ok(Some(Packet::Auth(a))) if reauth.is_some() => {
                     conn.heard.set(Some(now));
                     // Re-authentication (§4.12.1), on the method the CONNECT chose.
@@ -930,14 +948,14 @@ async fn packets<S: Transport>(
             }
         }
         if buf.is_empty() && last_read < read_buffer / 4 && buf.capacity() > IDLE_BUFFER {
-            buf = BytesMut::with_capacity(IDLE_BUFFER);
+            *buf = BytesMut::with_capacity(IDLE_BUFFER);
         }
         let want = if buf.capacity() <= IDLE_BUFFER && last_read < IDLE_BUFFER {
             IDLE_BUFFER
         } else {
             read_buffer
         };
-        match rd.fill(&mut buf, want, conn).await {
+        match rd.fill(buf, want, conn).await {
             Ok(0) => return "closed by peer",
             Err(_) => return "read error",
             Ok(n) => last_read = n,
@@ -958,77 +976,106 @@ enum Outgoing {
     Leftover,
     /// MQTT bytes from the session's transmit buffer.
     Session,
+    /// Nothing to send now: the writer parks.
+    Idle,
     /// Nothing more: the connection is closing.
     Done,
 }
 
-async fn writer<S: Transport>(
+/// A connection's writing side. Between bursts it is parked in [`ConnShared`] and no task
+/// runs for it: [`ConnShared::wake_writer`] starts one, which sends until nothing is left
+/// and parks the outlet again. So an idle connection is one task (its reader), not two.
+pub(super) struct Outlet<S: Transport> {
     shard: Rc<RefCell<Shard>>,
     conn: Rc<ConnShared>,
-    mut wr: OwnedWriteHalf<S>,
-    mut ws: Option<Box<WsWriter>>,
-) {
-    let mut spare = BytesMut::new();
-    if let Some(ws) = ws.as_mut() {
-        spare = ws.prepare(spare);
+    wr: OwnedWriteHalf<S>,
+    /// Boxed: most connections are plain MQTT.
+    ws: Option<Box<WsWriter>>,
+    /// The buffer swapped with the session's transmit buffer at the next send.
+    spare: BytesMut,
+}
+
+/// A parked [`Outlet`], whatever its transport.
+pub(super) trait Parked {
+    /// Spawns the writer task on the current shard.
+    fn start(self: Box<Self>);
+}
+
+impl<S: Transport> Parked for Outlet<S> {
+    fn start(self: Box<Self>) {
+        monoio::spawn(write_out(self));
     }
+}
+
+impl<S: Transport> Outlet<S> {
+    /// Takes what to send next into `batch`.
+    fn next(&mut self, batch: &mut BytesMut) -> Outgoing {
+        let conn = &self.conn;
+        {
+            let mut control = conn.control.borrow_mut();
+            if !control.is_empty() {
+                *batch = control.split();
+                return Outgoing::Control;
+            }
+        }
+        if conn.close_sent.get() {
+            // Nothing may follow a WebSocket Close.
+            return Outgoing::Done;
+        }
+        {
+            let mut left = conn.leftover.borrow_mut();
+            if !left.is_empty() {
+                *batch = left.split();
+                return Outgoing::Leftover;
+            }
+        }
+        if let Some(slot) = conn.slot.get() {
+            let mut s = self.shard.borrow_mut();
+            if let Some(e) = s.sessions.get_mut(slot).filter(|e| e.token == conn.token) {
+                if e.session.tx_len() > 0 {
+                    e.session.swap_tx(&mut self.spare);
+                    if let Some(ws) = self.ws.as_mut() {
+                        ws.lend();
+                    }
+                    *batch = std::mem::take(&mut self.spare);
+                    return Outgoing::Session;
+                }
+            }
+        }
+        if conn.is_closing() {
+            return Outgoing::Done;
+        }
+        Outgoing::Idle
+    }
+}
+
+/// A connection's writer task: sends until nothing is left, then parks its outlet (or, when
+/// the connection is closing, lingers and shuts the write side).
+async fn write_out<S: Transport>(mut out: Box<Outlet<S>>) {
     loop {
         let mut batch = BytesMut::new();
-        let what = poll_fn(|cx| {
-            {
-                let mut control = conn.control.borrow_mut();
-                if !control.is_empty() {
-                    batch = control.split();
-                    return Poll::Ready(Outgoing::Control);
-                }
+        let what = out.next(&mut batch);
+        let (head, frame) = match (&what, out.ws.as_mut()) {
+            (Outgoing::Idle, _) => {
+                let conn = out.conn.clone();
+                conn.outlet.set(Some(out));
+                return;
             }
-            if conn.close_sent.get() {
-                // Nothing may follow a WebSocket Close.
-                return Poll::Ready(Outgoing::Done);
-            }
-            {
-                let mut left = conn.leftover.borrow_mut();
-                if !left.is_empty() {
-                    batch = left.split();
-                    return Poll::Ready(Outgoing::Leftover);
-                }
-            }
-            if let Some(slot) = conn.slot.get() {
-                let mut s = shard.borrow_mut();
-                if let Some(e) = s.sessions.get_mut(slot).filter(|e| e.token == conn.token) {
-                    if e.session.tx_len() > 0 {
-                        e.session.swap_tx(&mut spare);
-                        if let Some(ws) = ws.as_mut() {
-                            ws.lend();
-                        }
-                        batch = std::mem::take(&mut spare);
-                        return Poll::Ready(Outgoing::Session);
-                    }
-                }
-            }
-            if conn.is_closing() {
-                return Poll::Ready(Outgoing::Done);
-            }
-            conn.writer.set(Some(cx.waker().clone()));
-            Poll::Pending
-        })
-        .await;
-        let (head, frame) = match (&what, ws.as_mut()) {
             (Outgoing::Done, _) => break,
             (Outgoing::Control, _) | (_, None) => (None, batch),
             (Outgoing::Leftover, Some(ws)) => ws.frame(batch, false),
             (Outgoing::Session, Some(ws)) => ws.frame(batch, true),
         };
         if let Some(head) = head {
-            if wr.write_all(head).await.0.is_err() {
-                conn.close();
+            if out.wr.write_all(head).await.0.is_err() {
+                out.conn.close();
                 break;
             }
         }
         let len = frame.len() as u64;
-        let (res, mut written) = wr.write_all(frame).await;
+        let (res, mut written) = out.wr.write_all(frame).await;
         if res.is_ok() {
-            shard.borrow_mut().stats.bytes_out += len;
+            out.shard.borrow_mut().stats.bytes_out += len;
         }
         if matches!(what, Outgoing::Session) {
             // The sent buffer becomes the next spare (a large one is released).
@@ -1036,23 +1083,23 @@ async fn writer<S: Transport>(
             if written.capacity() > KEEP_WRITE_BUFFER {
                 written = BytesMut::new();
             }
-            spare = match ws.as_mut() {
+            out.spare = match out.ws.as_mut() {
                 Some(ws) => ws.prepare(written),
                 None => written,
             };
         }
         if res.is_err() {
-            conn.close();
+            out.conn.close();
             break;
         }
     }
-    if ws.is_some() && !conn.close_sent.replace(true) {
+    if out.ws.is_some() && !out.conn.close_sent.replace(true) {
         // The broker ends the connection: a Close (1000) first (RFC 6455 §7.1.2).
         let mut close = BytesMut::new();
         crate::websocket::encode_close(crate::websocket::CloseCode::NORMAL, "", &mut close);
-        let _ = wr.write_all(close).await;
+        let _ = out.wr.write_all(close).await;
     }
-    // `wr` holds the socket open until this returns.
-    super::linger::linger(conn.fd).await;
-    let _ = wr.shutdown().await;
+    // `out.wr` holds the socket open until this returns.
+    super::linger::linger(out.conn.fd).await;
+    let _ = out.wr.shutdown().await;
 }

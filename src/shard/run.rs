@@ -357,6 +357,8 @@ pub fn start_with_hooks(
             queue: config.limits.store_queue,
             sync: config.persistence.durability == Durability::Sync,
             shards: n,
+            write_buffer_mib: config.persistence.write_buffer_mib,
+            cache_mib: config.persistence.cache_mib,
         };
         let bells = doorbells.clone();
         let wake = Box::new(move |shard: usize| {

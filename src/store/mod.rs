@@ -62,6 +62,10 @@ pub struct StoreOptions {
     pub queue: usize,
     /// `durability = "sync"`: fsync every batch and publish each shard's durable write.
     pub sync: bool,
+    /// MiB the memtables may hold in all (`persistence.write_buffer_mib`).
+    pub write_buffer_mib: u32,
+    /// MiB of block cache (`persistence.cache_mib`).
+    pub cache_mib: u32,
     /// Shards that tag their writes (the size of [`Store::durable`]'s table).
     pub shards: usize,
 }
@@ -152,11 +156,22 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Opens the keyspace; `fsync_ms` is fjall's fsync timer (`None` with `sync`, which fsyncs
-/// every batch itself).
-fn open_keyspace(dir: &Path, fsync_ms: Option<u16>) -> fjall::Result<Keyspace> {
+/// How the keyspace is opened (again, after a failure).
+#[derive(Clone, Copy, Debug)]
+struct Tuning {
+    /// fjall's fsync timer (`None` with `sync`, which fsyncs every batch itself).
+    fsync_ms: Option<u16>,
+    write_buffer_mib: u32,
+    cache_mib: u32,
+}
+
+/// Opens the keyspace.
+fn open_keyspace(dir: &Path, t: Tuning) -> fjall::Result<Keyspace> {
+    const MIB: u64 = 1 << 20;
     fjall::Config::new(dir)
-        .fsync_ms(fsync_ms.map(|ms| ms.max(1)))
+        .fsync_ms(t.fsync_ms.map(|ms| ms.max(1)))
+        .max_write_buffer_size(u64::from(t.write_buffer_mib.max(1)) * MIB)
+        .cache_size(u64::from(t.cache_mib) * MIB)
         // Background flush and compaction: the machine's shards need the cores.
         .flush_workers(1)
         .compaction_workers(1)
@@ -180,8 +195,12 @@ impl Store {
                 o.dir.display()
             )
         })?;
-        let fsync_ms = (!o.sync).then_some(o.commit_interval_ms);
-        let ks = match open_keyspace(&o.dir, fsync_ms) {
+        let tuning = Tuning {
+            fsync_ms: (!o.sync).then_some(o.commit_interval_ms),
+            write_buffer_mib: o.write_buffer_mib,
+            cache_mib: o.cache_mib,
+        };
+        let ks = match open_keyspace(&o.dir, tuning) {
             Ok(ks) => ks,
             Err(e) => {
                 let aside = PathBuf::from(format!("{}.corrupt-{}", o.dir.display(), unix_now()));
@@ -197,7 +216,7 @@ impl Store {
                     )
                 })?;
                 std::fs::create_dir_all(&o.dir).map_err(|e| e.to_string())?;
-                open_keyspace(&o.dir, fsync_ms)
+                open_keyspace(&o.dir, tuning)
                     .map_err(|e| format!("persistence.data_dir {}: {e}", o.dir.display()))?
             }
         };
@@ -341,7 +360,7 @@ impl Store {
         };
         let disk = Disk {
             dir: o.dir.clone(),
-            fsync_ms,
+            tuning,
             open: Some((ks, parts)),
             failing: None,
         };
@@ -526,7 +545,7 @@ const REOPEN_EVERY: Duration = Duration::from_secs(5);
 /// memory until they are delivered.
 struct Disk {
     dir: PathBuf,
-    fsync_ms: Option<u16>,
+    tuning: Tuning,
     open: Option<(Keyspace, Parts)>,
     failing: Option<Failing>,
 }
@@ -546,7 +565,7 @@ impl Disk {
                 f.reopened = Instant::now();
                 // The old handles go first: fjall holds the directory while they live.
                 self.open = None;
-                self.open = open_keyspace(&self.dir, self.fsync_ms)
+                self.open = open_keyspace(&self.dir, self.tuning)
                     .and_then(|ks| Parts::open(&ks).map(|p| (ks, p)))
                     .map_err(|e| {
                         tracing::debug!("store: reopening {} failed: {e}", self.dir.display())
@@ -861,6 +880,8 @@ mod tests {
             queue: 16,
             sync: false,
             shards: 1,
+            write_buffer_mib: 8,
+            cache_mib: 8,
         }
     }
 
@@ -913,7 +934,15 @@ mod tests {
     fn a_store_of_another_format_is_refused_with_both_formats_named() {
         let dir = temp("format");
         {
-            let ks = open_keyspace(&dir, Some(10)).unwrap();
+            let ks = open_keyspace(
+                &dir,
+                Tuning {
+                    fsync_ms: Some(10),
+                    write_buffer_mib: 8,
+                    cache_mib: 8,
+                },
+            )
+            .unwrap();
             let meta = ks
                 .open_partition("meta", PartitionCreateOptions::default())
                 .unwrap();
