@@ -292,11 +292,7 @@ pub fn serve<S: Transport>(
         ws: ws.map(Box::new),
         uncounted: 0,
     };
-    let f = run(shard, conn, rd, Box::new(origin), transport);
-    if std::env::var_os("SHARDMQ_SIZES").is_some() {
-        eprintln!("SIZES run {}", std::mem::size_of_val(&f));
-    }
-    f
+    run(shard, conn, rd, Box::new(origin), transport)
 }
 
 /// A connection's reading side until it ends, then its teardown.

@@ -1893,8 +1893,11 @@ impl Shard {
         };
         if let Err(w) = write {
             self.store_backlog.push_back(w);
-            // The pump retries the backlog while the store is behind (see `wake_pump`).
-            self.wake_pump();
+            // Behind, this shard's publishers stop reading (and flushing): the pump retries
+            // the backlog then.
+            if self.store_behind() {
+                self.wake_pump();
+            }
             if self.store_backlog.len() > self.shared.config.limits.store_queue {
                 self.store_backlog.pop_front();
                 let dropped = self.stats.hit(Limit::StoreQueue);

@@ -244,7 +244,14 @@ impl Store {
                     .map_err(fail)?;
             }
         }
-        let retained = open(Parts::NAMES[0])?;
+        let parts = Parts::open(&ks).map_err(fail)?;
+        let Parts {
+            retained,
+            sessions,
+            queued,
+            inflight,
+            inbound,
+        } = &parts;
         let mut rec = Recovered::default();
         let now = unix_now();
         let mut gone: Vec<Vec<u8>> = Vec::new();
@@ -270,10 +277,6 @@ impl Store {
         for k in gone {
             retained.remove(k).map_err(fail)?;
         }
-        let sessions = open(Parts::NAMES[1])?;
-        let queued = open(Parts::NAMES[2])?;
-        let inflight = open(Parts::NAMES[3])?;
-        let inbound = open(Parts::NAMES[4])?;
         let mut gone: Vec<Vec<u8>> = Vec::new();
         for kv in sessions.iter() {
             let (k, v) = kv.map_err(fail)?;
@@ -336,13 +339,6 @@ impl Store {
                 rec.sessions.push((image, d));
             }
         }
-        let parts = Parts {
-            retained,
-            sessions,
-            queued,
-            inflight,
-            inbound,
-        };
         for k in gone {
             end_session(&ks, &parts, &k).map_err(fail)?;
         }
@@ -515,17 +511,15 @@ struct Parts {
 }
 
 impl Parts {
-    /// The partitions' names, in field order.
-    const NAMES: [&'static str; 5] = ["retained", "sessions", "queued", "inflight", "inbound"];
-
+    /// Opens (or creates) every partition but `meta`.
     fn open(ks: &Keyspace) -> fjall::Result<Parts> {
         let open = |name| ks.open_partition(name, PartitionCreateOptions::default());
         Ok(Parts {
-            retained: open(Self::NAMES[0])?,
-            sessions: open(Self::NAMES[1])?,
-            queued: open(Self::NAMES[2])?,
-            inflight: open(Self::NAMES[3])?,
-            inbound: open(Self::NAMES[4])?,
+            retained: open("retained")?,
+            sessions: open("sessions")?,
+            queued: open("queued")?,
+            inflight: open("inflight")?,
+            inbound: open("inbound")?,
         })
     }
 }
@@ -576,8 +570,9 @@ impl Disk {
         self.open.as_ref()
     }
 
-    /// Notes how the last batch went: `failed` writes of `writes` failed.
-    fn batch_done(&mut self, writes: u64, failed: u64) {
+    /// Notes how the last batch went: `failed` writes of `writes` failed, the last with
+    /// `error` (`None`: dropped while the store was closed).
+    fn batch_done(&mut self, writes: u64, failed: u64, error: Option<String>) {
         if failed > 0 {
             let f = self.failing.get_or_insert_with(|| Failing {
                 since: Instant::now(),
@@ -587,9 +582,12 @@ impl Disk {
             f.batches += 1;
             if f.batches.is_power_of_two() {
                 tracing::error!(
-                    "store {}: writes are failing ({} batches so far; the disk full?): serving from memory, messages acknowledged now are not persisted; free space, the store is reopened every {} s",
+                    "store {}: writes are failing ({} batches so far; {}): serving from memory, messages acknowledged now are not persisted; free space, the store is reopened every {} s",
                     self.dir.display(),
                     f.batches,
+                    error
+                        .as_deref()
+                        .unwrap_or("the store is closed until it reopens"),
                     REOPEN_EVERY.as_secs()
                 );
             }
@@ -651,6 +649,8 @@ struct Batcher<'a> {
     /// Writes committed so far this round.
     writes: u64,
     failed: &'a AtomicU64,
+    /// The last error this round, for the log.
+    error: Option<String>,
 }
 
 impl<'a> Batcher<'a> {
@@ -661,6 +661,7 @@ impl<'a> Batcher<'a> {
             touched: ahash::AHashSet::new(),
             writes: 0,
             failed,
+            error: None,
         }
     }
 
@@ -694,7 +695,7 @@ impl<'a> Batcher<'a> {
         self.writes += n;
         if let Err(e) = batch.commit() {
             self.failed.fetch_add(n, Ordering::Relaxed);
-            tracing::debug!("store: a batch of {n} writes failed: {e}");
+            self.error = Some(e.to_string());
         }
     }
 }
@@ -739,7 +740,7 @@ fn run(mut disk: Disk, rx: Receiver<(Cmd, Tag)>, marks: &Marks) {
                 .filter(|c| !matches!(c, Cmd::Sync(_) | Cmd::Cancelled))
                 .count();
             marks.failed.fetch_add(dropped as u64, Ordering::Relaxed);
-            disk.batch_done(dropped as u64, dropped as u64);
+            disk.batch_done(dropped as u64, dropped as u64, None);
             release(&mut last, marks);
             continue;
         };
@@ -782,7 +783,7 @@ fn run(mut disk: Disk, rx: Receiver<(Cmd, Tag)>, marks: &Marks) {
                     b.writes += 1;
                     if let Err(e) = end_session(ks, p, &client_id) {
                         marks.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!("store: ending a session failed: {e}");
+                        b.error = Some(e.to_string());
                     }
                 }
                 Cmd::Cancelled => {}
@@ -801,7 +802,7 @@ fn run(mut disk: Disk, rx: Receiver<(Cmd, Tag)>, marks: &Marks) {
             };
             if let Err(e) = ks.persist(mode) {
                 marks.failed.fetch_add(writes, Ordering::Relaxed);
-                tracing::debug!("store: writing a batch to the disk failed: {e}");
+                b.error = Some(e.to_string());
             }
             marks.commits.observe(started.elapsed());
         }
@@ -814,7 +815,8 @@ fn run(mut disk: Disk, rx: Receiver<(Cmd, Tag)>, marks: &Marks) {
             }
         }
         let failed = marks.failed.load(Ordering::Relaxed) - failed_before;
-        disk.batch_done(writes.max(failed), failed);
+        let error = b.error.take();
+        disk.batch_done(writes.max(failed), failed, error);
         release(&mut last, marks);
     }
     // Every shard is gone: make the last batches durable.
